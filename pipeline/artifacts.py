@@ -1,0 +1,148 @@
+"""Where artefacts live, how they are written (atomically) and the record written beside each one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import PipelineError
+
+MODELS_DIR = Path("models")
+OUT_DIR = Path("tflite_out")
+REPORT_JSON = OUT_DIR / "report.json"
+REPORT_MD = OUT_DIR / "report.md"
+
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy")
+
+
+def trained_path(name: str) -> Path:
+    return MODELS_DIR / f"{name}.keras"
+
+
+def pruned_path(name: str) -> Path:
+    return MODELS_DIR / f"{name}.pruned.keras"
+
+
+def tflite_path(model: str, fmt: str) -> Path:
+    return OUT_DIR / f"{model}.{fmt}.tflite"
+
+
+def record_path(artefact: Path) -> Path:
+    return artefact.with_name(artefact.name + ".json")
+
+
+def model_stem(path: Path) -> str:
+    """``models/x.pruned.keras`` -> ``x.pruned``: the model name used in .tflite file names."""
+    return path.name.removesuffix(path.suffix)
+
+
+def require(path: Path, made_by: str) -> Path:
+    """Fail with the command that makes ``path`` when it is missing."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; it is made by `{made_by}`")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds.
+
+    The temporary name keeps the final suffix because Keras picks the save format from it. An
+    interrupted or failed write leaves ``final`` as it was and removes the temporary file.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(final.parent, os.W_OK):
+        raise PipelineError(f"cannot write to {final.parent}: permission denied")
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    os.close(fd)
+    os.unlink(tmp)  # writers such as Keras refuse or misbehave on an existing empty file
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: dict[str, str],
+                **extra: Any) -> dict[str, Any]:
+    """What produced an artefact: stage, resolved params, seed, versions, commit, and ``inputs``
+    (what was read -> its hash; see :func:`file_hash`)."""
+    return {"stage": stage, "params": params, "seed": seed, "inputs": inputs, "versions": _versions(),
+            "git_commit": _git_commit(), **extra}
+
+
+def save_with_record(path: Path, save: Callable[[Path], None], record: dict[str, Any]) -> None:
+    """Write an artefact through ``save(tmp_path)`` and its record, each atomically.
+
+    The record goes last, so a record always describes the artefact beside it.
+    """
+    with atomic_path(path) as tmp:
+        save(tmp)
+    write_json(record_path(path), {**record, "artefact": {"path": str(path), "hash": file_hash(path)}})
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    rec = record_path(path)
+    return read_json(rec) if rec.is_file() else None

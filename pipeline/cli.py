@@ -1,0 +1,168 @@
+"""The ``mobiledeploy`` command line: argument parsing only; each stage lives in its own module."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .artifacts import REPORT_JSON, pruned_path, tflite_path, trained_path
+from .errors import PipelineError
+from .params import load_params, param_files
+
+
+def stage_options(fn):
+    """--params, --set and --debug for every command; errors become one line and exit status 1."""
+
+    @click.option("--params", "params_file", default="params.yaml", show_default=True,
+                  type=click.Path(dir_okay=False), help="Params file; a config may `extends:` another.")
+    @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                  help="Override one param (repeatable), e.g. --set train.epochs=3")
+    @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+    @functools.wraps(fn)
+    def wrapper(params_file, overrides, debug, **kwargs):
+        try:
+            params = load_params(params_file, overrides)
+            return fn(params=params, params_file=params_file, overrides=overrides, **kwargs)
+        except PipelineError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: artefacts written before this stage are unchanged", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+MODEL_OPTION = click.option("--model", "model_path", type=click.Path(path_type=Path, dir_okay=False),
+                            help="Your own Keras model (.keras or .h5) instead of the pipeline's.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Train, prune, convert, validate and gate Keras CNNs for mobile (TFLite / LiteRT).
+
+    Stages read their inputs from disk and write their outputs atomically:
+    train -> models/<name>.keras, prune -> models/<name>.pruned.keras,
+    convert -> tflite_out/<model>.<format>.tflite, validate -> tflite_out/report.{json,md},
+    check -> exit status 0 or a table of regressions.
+    """
+
+
+@cli.command()
+@stage_options
+def data(params, **_):
+    """Find and load the dataset; print its splits (a quick check that data is in place)."""
+    from .data import load_dataset
+
+    click.echo(load_dataset(params.data, params.seed).describe())
+
+
+@cli.command()
+@stage_options
+def train(params, **_):
+    """Train the architecture named in params; keep the best epoch by validation accuracy."""
+    from .train import train as run
+
+    run(params)
+
+
+@cli.command()
+@MODEL_OPTION
+@stage_options
+def prune(params, model_path, **_):
+    """Magnitude-prune with TF-MOT, fine-tune, strip the masks; write the pruned model."""
+    from .prune import prune as run
+
+    run(params, model_path)
+
+
+@cli.command()
+@MODEL_OPTION
+@stage_options
+def convert(params, model_path, **_):
+    """Convert the trained and pruned models (or --model) to the TFLite formats in params."""
+    from .convert import convert as run
+
+    run(params, model_path)
+
+
+@cli.command()
+@MODEL_OPTION
+@stage_options
+def validate(params, model_path, **_):
+    """Run every .tflite in tflite_out/ (or those from --model) in LiteRT; write report.json/.md."""
+    from .validate import validate as run
+
+    run(params, model_path)
+
+
+@cli.command()
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=str(REPORT_JSON),
+              show_default=True)
+@click.option("--gates", "gates_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Gates file (default: params check.gates).")
+@click.option("--update", is_flag=True, help="Rewrite the gates file from the report instead of checking.")
+@stage_options
+def check(params, report, gates_path, update, params_file, overrides, **_):
+    """Fail (exit 1, with a table) if the report breaks any gate in the gates file."""
+    from .check import check as run, table, update_gates
+
+    gates_path = gates_path or Path(params.check.gates)
+    if update:
+        command = " ".join(["mobiledeploy check --update", f"--params {params_file}",
+                            *[f"--set {o}" for o in overrides]])
+        update_gates(report, gates_path, params.check, command)
+        click.echo(f"check: wrote gates for the artefacts in {report} to {gates_path}")
+        return
+    found, count = run(report, gates_path)
+    if found:
+        click.echo(f"check: {len(found)} of {count} gates failed ({gates_path}):\n{table(found)}", err=True)
+        sys.exit(1)
+    click.echo(f"check: all {count} gates in {gates_path} pass")
+
+
+@cli.command()
+@MODEL_OPTION
+@stage_options
+def summary(params, model_path, **_):
+    """Per-layer output shape, parameters, MACs and zero weights, with totals."""
+    from .costs import model_costs, summary_table
+    from .keras_io import load_model
+
+    from .artifacts import require
+
+    path = model_path or require(trained_path(params.name), "mobiledeploy train")
+    click.echo(summary_table(model_costs(load_model(path))))
+
+
+@cli.command()
+def architectures():
+    """List the registered architectures."""
+    from .architectures import describe
+
+    for name, doc in describe().items():
+        click.echo(f"{name:12s} {doc}")
+
+
+@cli.command()
+@stage_options
+def paths(params, params_file, **_):
+    """Print the artefact paths for these params as Make variables (used by the Makefile)."""
+    name = params.name
+    tflite = [tflite_path(stem, fmt).as_posix() for stem in (name, f"{name}.pruned")
+              for fmt in params.convert.formats]
+    click.echo(f"NAME := {name}\n"
+               f"PARAM_FILES := {' '.join(p.as_posix() for p in param_files(params_file))}\n"
+               f"TRAINED := {trained_path(name).as_posix()}\n"
+               f"PRUNED := {pruned_path(name).as_posix()}\n"
+               f"TFLITE := {' '.join(tflite)}\n"
+               f"GATES := {params.check.gates}")
+
+
+def main() -> None:
+    cli(prog_name="mobiledeploy")

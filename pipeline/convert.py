@@ -1,0 +1,82 @@
+"""Stage 3: Keras models -> TFLite in float32, float16, dynamic-range int8 and full-integer int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import file_hash, make_record, model_stem, pruned_path, read_record, require, \
+    save_with_record, tflite_path, trained_path
+from .data import load_dataset
+from .errors import PipelineError
+from .keras_io import load_model
+from .params import Params
+from .tf import tf
+
+
+def representative_data(x_train: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` training images (never test images) chosen with a seed, as float32."""
+    idx = np.random.default_rng(seed).choice(len(x_train), size=min(count, len(x_train)), replace=False)
+    return x_train[np.sort(idx)].astype(np.float32)
+
+
+def to_tflite(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert one Keras model to one TFLite format."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if fmt == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif fmt == "int8":
+        if representative is None:
+            raise ValueError("full-integer int8 needs representative data")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif fmt != "float32":
+        raise ValueError(f"unknown format {fmt!r}")
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter's errors are long MLIR dumps; keep the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise PipelineError(f"TFLite conversion to {fmt} failed for {model.name}: {first[:300]}") from None
+
+
+def sources(params: Params, model_path: Path | None) -> list[Path]:
+    if model_path is not None:
+        return [model_path]
+    return [require(trained_path(params.name), "mobiledeploy train"),
+            require(pruned_path(params.name), "mobiledeploy prune")]
+
+
+def convert(params: Params, model_path: Path | None = None) -> list[Path]:
+    """Convert the trained and pruned models (or a user's ``model_path``) to every format in params."""
+    paths = sources(params, model_path)
+    models = [(path, load_model(path)) for path in paths]  # fail on a bad file before any work
+    needs_data = "int8" in params.convert.formats
+    data = load_dataset(params.data, params.seed) if needs_data else None
+    written = []
+    for path, model in models:
+        stem = model_stem(path)
+        pruned = (read_record(path) or {}).get("stage") == "prune"
+        if data is not None and tuple(model.input_shape[1:]) != data.input_shape:
+            raise PipelineError(f"{path}: model input shape {tuple(model.input_shape[1:])} does not match "
+                                f"the data's {data.input_shape}")
+        representative = (representative_data(data.x_train, params.convert.representative_samples, params.seed)
+                          if data is not None else None)
+        for fmt in params.convert.formats:
+            out = tflite_path(stem, fmt)
+            blob = to_tflite(model, fmt, representative if fmt == "int8" else None)
+            inputs = {"model": file_hash(path)}
+            if fmt == "int8":
+                inputs["dataset"] = data.fingerprint
+            record = make_record("convert", {"convert": params.section("convert"), "data": params.section("data")},
+                                 params.seed, inputs, keras_model=str(path), model=stem, format=fmt, pruned=pruned)
+            save_with_record(out, lambda tmp: tmp.write_bytes(blob), record)
+            print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
+            written.append(out)
+    return written

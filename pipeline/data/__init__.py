@@ -1,0 +1,87 @@
+"""Datasets as uint8 NHWC arrays with a deterministic train / validation / test split.
+
+The test split is only ever used for reporting; validation (carved from the training data) is what
+chooses epochs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from ..params import DataParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    source: str
+    fingerprint: str
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        return (f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
+                f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes")
+
+
+def split_train_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded, stratified split: each class gives the same fraction to validation."""
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        rng.shuffle(members)
+        val_idx.append(members[: max(1, round(len(members) * val_fraction))])
+    val_mask = np.zeros(len(y), bool)
+    val_mask[np.concatenate(val_idx)] = True
+    return x[~val_mask], y[~val_mask], x[val_mask], y[val_mask]
+
+
+def subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` examples of a seeded permutation (all of them when ``limit`` is None)."""
+    if limit is None or limit >= len(y):
+        return x, y
+    order = np.random.default_rng(seed).permutation(len(y))[:limit]
+    order.sort()
+    return x[order], y[order]
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(str(a.shape).encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def load_dataset(params: DataParams, seed: int) -> Dataset:
+    """Load the dataset ``params`` names and split it. Raises PipelineError with the fix on failure."""
+    if params.source == "folder":
+        from .folder import load_folder
+
+        x, y, x_test, y_test, names, source = load_folder(params, seed)
+    else:
+        from .fashion_mnist import load_fashion_mnist
+
+        x, y, x_test, y_test, names, source = load_fashion_mnist(params.dir)
+    x, y = subset(x, y, params.limit_train, seed)
+    x_test, y_test = subset(x_test, y_test, params.limit_test, seed + 1)
+    x_train, y_train, x_val, y_val = split_train_val(x, y, params.val_fraction, seed)
+    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, source,
+                   fingerprint(x_train, y_train, x_val, y_val, x_test, y_test))

@@ -1,0 +1,125 @@
+"""Stage 4: every .tflite in tflite_out/ through LiteRT: accuracy, agreement with Keras, size, latency."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import litert
+from .artifacts import OUT_DIR, REPORT_JSON, REPORT_MD, read_record, write_json, write_text
+from .costs import model_costs, totals
+from .data import load_dataset
+from .errors import PipelineError
+from .params import FORMATS, Params
+
+
+def discover(out_dir: Path, keras_model: Path | None = None) -> list[Path]:
+    """The .tflite files to validate: all of them, or those converted from ``keras_model``."""
+    files = sorted(out_dir.glob("*.tflite"))
+    if keras_model is not None:
+        files = [f for f in files if (read_record(f) or {}).get("keras_model") == str(keras_model)]
+    if not files:
+        what = f"converted from {keras_model}" if keras_model else "to validate"
+        raise PipelineError(f"no .tflite files {what} in {out_dir}; they are made by `mobiledeploy convert`")
+    return files
+
+
+def parse_name(path: Path) -> tuple[str, str]:
+    """``<model>.<format>.tflite`` -> (model, format)."""
+    stem = path.name.removesuffix(".tflite")
+    model, _, fmt = stem.rpartition(".")
+    return (model, fmt) if model and fmt in FORMATS else (stem, "unknown")
+
+
+class KerasParents:
+    """Keras predictions on the test set, computed once per parent model."""
+
+    def __init__(self, x_test: np.ndarray):
+        self.x_test = x_test
+        self._cache: dict[str, tuple[np.ndarray, dict]] = {}
+
+    def get(self, path: str) -> tuple[np.ndarray, dict] | None:
+        if path not in self._cache:
+            if not Path(path).is_file():
+                return None
+            from .keras_io import load_model
+            from .train import predict_labels
+
+            model = load_model(Path(path))
+            self._cache[path] = (predict_labels(model, self.x_test), totals(model_costs(model)))
+        return self._cache[path]
+
+
+def validate_one(path: Path, params: Params, x_test: np.ndarray, y_test: np.ndarray,
+                 parents: KerasParents) -> dict:
+    record = read_record(path) or {}
+    model, fmt = parse_name(path)
+    v = params.validate
+    predictions, latencies = litert.evaluate(path, x_test, v.batch_size, v.threads, v.warmup_runs, v.latency_runs)
+    if len(predictions) != 1:
+        raise PipelineError(f"{path}: has {len(predictions)} outputs; single-output classifiers only")
+    (labels,) = predictions.values()
+    blob = path.read_bytes()
+    entry = {
+        "file": path.as_posix(), "model": record.get("model", model), "format": record.get("format", fmt),
+        "pruned": bool(record.get("pruned", False)), "accuracy": round(float(np.mean(labels == y_test)), 5),
+        "keras_model": record.get("keras_model"), "keras_accuracy": None, "keras_agreement": None,
+        "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
+        "latency_ms": latencies[0], "latency_by_threads": latencies,
+        "params": None, "macs": None, "sparsity": None,
+    }
+    parent = parents.get(record["keras_model"]) if record.get("keras_model") else None
+    if parent is not None:
+        keras_labels, cost = parent
+        entry.update(keras_accuracy=round(float(np.mean(keras_labels == y_test)), 5),
+                     keras_agreement=round(float(np.mean(keras_labels == labels)), 5),
+                     params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))
+    return entry
+
+
+def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
+    """Validate the .tflite files and write report.json and report.md."""
+    files = discover(out_dir, keras_model)
+    data = load_dataset(params.data, params.seed)
+    parents = KerasParents(data.x_test)
+    entries = []
+    for path in files:
+        start = time.perf_counter()
+        entry = validate_one(path, params, data.x_test, data.y_test, parents)
+        entries.append(entry)
+        print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
+              f"({time.perf_counter() - start:.0f}s)", flush=True)
+    report = {"dataset": data.source, "test_examples": len(data.y_test), "artefacts": entries}
+    write_json(out_dir / REPORT_JSON.name, report)
+    write_text(out_dir / REPORT_MD.name, markdown(report))
+    print(f"validate: {len(entries)} artefacts -> {out_dir / REPORT_JSON.name}, {out_dir / REPORT_MD.name}")
+    return out_dir / REPORT_JSON.name
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _int(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
+             "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
+             "one image, after warm-up, in ms.\n",
+             "| file | accuracy | Keras | agreement | bytes | gzip bytes | p50 / p90 / p99 (1 thread) "
+             "| p50 (all cores) | params | MACs | sparsity |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in report["artefacts"]:
+        lat = e["latency_ms"]
+        many = e["latency_by_threads"][-1]
+        lines.append(
+            f"| {Path(e['file']).name} | {_pct(e['accuracy'])} | {_pct(e['keras_accuracy'])} "
+            f"| {_pct(e['keras_agreement'])} | {e['size_bytes']:,} | {e['gzip_bytes']:,} "
+            f"| {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | {many['p50']:.3f} ({many['threads']}) "
+            f"| {_int(e['params'])} | {_int(e['macs'])} | {_pct(e['sparsity'])} |")
+    return "\n".join(lines) + "\n"
