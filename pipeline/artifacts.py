@@ -58,10 +58,11 @@ def atomic_path(final: Path) -> Iterator[Path]:
     The temporary name keeps the final suffix because Keras picks the save format from it. An
     interrupted or failed write leaves ``final`` as it was and removes the temporary file.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(final.parent, os.W_OK):
-        raise PipelineError(f"cannot write to {final.parent}: permission denied")
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    except OSError as exc:
+        raise PipelineError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
     os.close(fd)
     os.unlink(tmp)  # writers such as Keras refuse or misbehave on an existing empty file
     tmp_path = Path(tmp)

@@ -13,7 +13,8 @@ def conv_block(x, filters: int, kernel: int, name: str, stride: int = 1):
 
     L = keras.layers
     x = L.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = L.BatchNormalization(name=f"{name}_bn")(x)
+    # momentum 0.9, not 0.99: moving statistics must settle within a few hundred steps on small data
+    x = L.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return L.ReLU(name=f"{name}_relu")(x)
 
 
@@ -55,8 +56,8 @@ def small_cnn(input_shape, num_classes, *, width, dropout):
                bottleneck=width, dense=128, dropout=dropout, name="small_cnn")
 
 
-@register("tiny", "For tests: one 4-filter conv stage with max pooling, 1x1 bottleneck to 4, no hidden "
+@register("tiny", "For tests: two 8-filter conv stages with max pooling, 1x1 bottleneck to 4, no hidden "
                   "dense layer. Ignores width.")
 def tiny(input_shape, num_classes, *, width, dropout):
-    return cnn(input_shape, num_classes, stages=[(4, "max")], bottleneck=4, dense=0, dropout=dropout,
-               name="tiny")
+    return cnn(input_shape, num_classes, stages=[(8, "max"), (8, "max")], bottleneck=4, dense=0,
+               dropout=dropout, name="tiny")

@@ -1,0 +1,78 @@
+# mobiledeploy: `make all` runs the whole job on the default config (params.yaml); `make test` runs
+# the tests. Both bootstrap what they need: a virtualenv in .venv from pyproject.toml, and the dataset.
+# Another config: `make all PARAMS=configs/smoke.yaml`. Stages are file targets: `make convert`
+# redoes only what is stale.
+
+PARAMS ?= params.yaml
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(PY) -m pipeline
+ARGS := --params $(PARAMS)
+BUILD := .build
+REPORT := tflite_out/report.json
+VENV_STAMP := $(VENV)/.installed-stamp
+
+.PHONY: all train prune convert validate check gates test data debian-dataset clean help
+.DELETE_ON_ERROR:
+
+all: check
+
+help:
+	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
+	@echo "targets: all train prune convert validate check gates test data clean"
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TRAINED, PRUNED, TFLITE, GATES), written by the
+# CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
+PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS)).mk
+$(PATHS_MK): $(PARAMS) $(VENV_STAMP)
+	@mkdir -p $(BUILD)
+	@$(CLI) paths $(ARGS) > $@.tmp && { cat $@.tmp; echo '$$(PATHS_MK): $$(PARAM_FILES)'; } > $@ && rm $@.tmp
+include $(PATHS_MK)
+
+data: $(VENV_STAMP)
+	@$(CLI) data $(ARGS) 2>/dev/null || { $(MAKE) --no-print-directory debian-dataset && $(CLI) data $(ARGS); }
+
+# Debian's dataset-fashion-mnist puts the four IDX files in /usr/share/datasets/fashion-mnist.
+debian-dataset:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "apt-get is not available: see README.md, 'Data', for other ways to provide Fashion-MNIST" >&2; fi
+
+train: $(TRAINED)
+prune: $(PRUNED)
+convert: $(TFLITE)
+validate: $(REPORT)
+
+$(TRAINED): $(PARAM_FILES) | data
+	$(CLI) train $(ARGS)
+
+$(PRUNED): $(TRAINED)
+	$(CLI) prune $(ARGS)
+
+$(TFLITE) &: $(TRAINED) $(PRUNED)
+	$(CLI) convert $(ARGS)
+
+$(REPORT): $(TFLITE)
+	$(CLI) validate $(ARGS)
+
+check: $(REPORT)
+	$(CLI) check $(ARGS)
+
+# Rewrite $(GATES) from the current report: on purpose only, and commit the result.
+gates: $(REPORT)
+	$(CLI) check --update $(ARGS)
+
+test: $(VENV_STAMP) data
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(BUILD) models/*.keras models/*.json tflite_out/*.tflite tflite_out/*.json tflite_out/*.md

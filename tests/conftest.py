@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny synthetic data, and one smoke run of the whole pipeline through the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipeline  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
+from pipeline.data import Dataset, fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_dataset(n: int = 240, size: int = 12, classes: int = 3, seed: int = 0) -> Dataset:
+    """Images whose class is which third of the picture is bright: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.uint8)
+    x = rng.integers(0, 60, (n, size, size, 1)).astype(np.uint8)
+    band = size // classes
+    for i, label in enumerate(y):
+        x[i, :, label * band:(label + 1) * band] += 180
+    parts = np.split(np.arange(n), [int(n * 0.7), int(n * 0.85)])
+    arrays = [a for idx in parts for a in (x[idx], y[idx])]
+    return Dataset(*arrays, class_names=[f"c{i}" for i in range(classes)], source="synthetic",
+                   fingerprint=fingerprint(x, y))
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ...` in ``cwd`` as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def new_project(tmp: Path) -> Path:
+    """A fresh project folder holding the committed params and configs."""
+    shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
+    shutil.copytree(ROOT / "configs", tmp / "configs")
+    (tmp / "gates").mkdir()
+    return tmp
+
+
+SMOKE = ("--params", "configs/smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory) -> Path:
+    """The smoke config run once through every stage of the CLI, in a throw-away project folder."""
+    project = new_project(tmp_path_factory.mktemp("smoke"))
+    for stage in ("train", "prune", "convert", "validate"):
+        run_cli(stage, *SMOKE, cwd=project)
+    return project

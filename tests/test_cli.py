@@ -1,0 +1,153 @@
+"""The smoke config end to end through the CLI, and what users get wrong, as a user would meet it."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SMOKE, new_project, run_cli
+from pipeline.artifacts import atomic_path
+
+FORMATS = {"float32", "float16", "dynamic_int8", "int8"}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fails_cleanly(proc, *fragments):
+    """Exit 1, one line on stderr starting with 'error:' and naming the problem, no traceback."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def report(project: Path) -> dict:
+    return json.loads((project / "tflite_out" / "report.json").read_text())
+
+
+def test_smoke_run_writes_every_artefact_and_a_complete_report(smoke_project):
+    entries = report(smoke_project)["artefacts"]
+    assert {(e["model"], e["format"], e["pruned"]) for e in entries} == (
+        {("smoke", f, False) for f in FORMATS} | {("smoke.pruned", f, True) for f in FORMATS})
+    for e in entries:
+        assert (smoke_project / e["file"]).is_file()
+        assert 0 < e["gzip_bytes"] <= e["size_bytes"] == (smoke_project / e["file"]).stat().st_size
+        assert 0.5 < e["accuracy"] <= 1 and 0.9 <= e["keras_agreement"] <= 1
+        lat = e["latency_ms"]
+        assert lat["threads"] == 1 and lat["runs"] >= 200 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert e["params"] > 0 and e["macs"] > 0
+    assert "| smoke.int8.tflite |" in (smoke_project / "tflite_out" / "report.md").read_text()
+
+
+def test_int8_tflite_agrees_with_keras_on_98_percent_of_smoke_inputs(smoke_project):
+    for e in report(smoke_project)["artefacts"]:
+        if e["format"] == "int8":
+            assert e["keras_agreement"] >= 0.98, e
+        if e["format"] == "float32":
+            assert e["keras_agreement"] >= 0.999, e
+
+
+def test_pruning_reaches_the_configured_sparsity_in_every_layer(smoke_project):
+    record = json.loads((smoke_project / "models" / "smoke.pruned.keras.json").read_text())
+    assert record["stage"] == "prune" and record["parent"] == "models/smoke.keras"
+    for layer, value in record["metrics"]["layer_sparsity"].items():
+        assert value == pytest.approx(0.5, abs=0.02), layer
+
+
+def test_records_say_what_produced_each_artefact(smoke_project):
+    record = json.loads((smoke_project / "models" / "smoke.keras.json").read_text())
+    assert record["seed"] == 42 and record["params"]["name"] == "smoke"
+    assert record["versions"]["tensorflow"] and record["inputs"]["dataset"].startswith("sha256:")
+    assert record["artefact"]["hash"].startswith("sha256:")
+    tflite = json.loads((smoke_project / "tflite_out" / "smoke.pruned.int8.tflite.json").read_text())
+    assert tflite["keras_model"] == "models/smoke.pruned.keras" and tflite["pruned"] is True
+
+
+def test_committed_smoke_gates_pass_on_a_fresh_smoke_run(smoke_project):
+    proc = run_cli("check", *SMOKE, "--gates", str(ROOT / "gates" / "smoke.yaml"), cwd=smoke_project)
+    assert "gates" in proc.stdout and "pass" in proc.stdout
+
+
+def test_check_passes_on_the_real_report_and_fails_on_an_injected_regression(smoke_project, tmp_path):
+    gates = tmp_path / "gates.yaml"
+    run_cli("check", *SMOKE, "--update", "--gates", str(gates), cwd=smoke_project)
+    run_cli("check", *SMOKE, "--gates", str(gates), cwd=smoke_project)
+    worse = report(smoke_project)
+    worse["artefacts"][0]["accuracy"] -= 0.05
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    proc = run_cli("check", *SMOKE, "--gates", str(gates), "--report", str(tmp_path / "worse.json"),
+                   cwd=smoke_project, check=False)
+    assert proc.returncode == 1
+    assert "min_accuracy" in proc.stderr and worse["artefacts"][0]["file"] in proc.stderr
+
+
+@pytest.fixture
+def copy_of_smoke(smoke_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project)
+    return project
+
+
+def test_missing_upstream_artefact_names_the_command_that_makes_it(tmp_path):
+    project = new_project(tmp_path)
+    fails_cleanly(run_cli("prune", *SMOKE, cwd=project, check=False), "models/smoke.keras", "mobiledeploy train")
+    fails_cleanly(run_cli("convert", *SMOKE, cwd=project, check=False), "mobiledeploy train")
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=project, check=False), "mobiledeploy convert")
+
+
+def test_bad_params_stop_before_any_work(tmp_path):
+    project = new_project(tmp_path)
+    fails_cleanly(run_cli("train", *SMOKE, "--set", "prune.final_sparsity=1.5", cwd=project, check=False),
+                  "prune.final_sparsity")
+    assert not (project / "models").exists()
+
+
+def test_a_file_that_is_not_a_keras_model_is_refused_and_nothing_changes(copy_of_smoke):
+    bogus = copy_of_smoke / "mine.keras"
+    bogus.write_bytes(b"\x00garbage" * 100)
+    before = snapshot(copy_of_smoke)
+    fails_cleanly(run_cli("convert", *SMOKE, "--model", "mine.keras", cwd=copy_of_smoke, check=False),
+                  "mine.keras", "not a Keras model file")
+    assert snapshot(copy_of_smoke) == before
+
+
+def test_a_pruned_model_is_refused_where_a_trained_one_is_expected(copy_of_smoke):
+    fails_cleanly(run_cli("prune", *SMOKE, "--model", "models/smoke.pruned.keras", cwd=copy_of_smoke,
+                          check=False), "already a pruned model")
+
+
+@pytest.mark.parametrize("content", [b"TFL3" + bytes(range(256)) * 4, b""], ids=["random", "empty"])
+def test_a_broken_tflite_fails_validation_cleanly_and_keeps_the_report(copy_of_smoke, content):
+    (copy_of_smoke / "tflite_out" / "broken.int8.tflite").write_bytes(content)
+    before = snapshot(copy_of_smoke)
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "broken.int8.tflite")
+    assert snapshot(copy_of_smoke) == before
+
+
+def test_an_unwritable_output_location_is_reported(copy_of_smoke):
+    shutil.rmtree(copy_of_smoke / "tflite_out")
+    (copy_of_smoke / "tflite_out").write_text("a file where the output folder should be")
+    fails_cleanly(run_cli("convert", *SMOKE, cwd=copy_of_smoke, check=False), "cannot write", "tflite_out")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run_cli("prune", *SMOKE, "--debug", cwd=new_project(tmp_path), check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_a_failed_write_leaves_the_previous_artefact_and_no_temporary_file(tmp_path):
+    target = tmp_path / "model.keras"
+    target.write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half writ")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]

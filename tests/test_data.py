@@ -1,0 +1,134 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data import fashion_mnist, load_dataset, split_train_val
+from pipeline.data.fashion_mnist import FILES, IMAGES_MAGIC, LABELS_MAGIC
+from pipeline.errors import PipelineError
+from pipeline.params import DataParams
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_fashion(directory, n_train=60, n_test=20, size=28, gz=True, **replace):
+    """Four IDX files of random data; ``replace`` swaps in raw bytes for a named file."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 255, (n_train, size, size)), "y_train": np.arange(n_train) % 10,
+              "x_test": rng.integers(0, 255, (n_test, size, size)), "y_test": np.arange(n_test) % 10}
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, stem in FILES.items():
+        data = replace.get(key) or idx_bytes(arrays[key], IMAGES_MAGIC if key.startswith("x") else LABELS_MAGIC)
+        if gz:
+            (directory / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (directory / stem).write_bytes(data)
+    return directory
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "raw"])
+def test_reads_idx_files_and_splits(tmp_path, gz):
+    write_fashion(tmp_path / "d", n_train=100, gz=gz)
+    data = load_dataset(DataParams(dir=str(tmp_path / "d"), val_fraction=0.2), seed=1)
+    assert data.input_shape == (28, 28, 1)
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (80, 20, 20)
+
+
+def test_validation_split_is_deterministic_stratified_and_disjoint():
+    x = np.arange(1000)[:, None]
+    y = np.arange(1000) % 10
+    a = split_train_val(x, y, 0.1, seed=3)
+    b = split_train_val(x, y, 0.1, seed=3)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    x_train, _, x_val, y_val = a
+    assert np.bincount(y_val).tolist() == [10] * 10
+    assert not set(x_train[:, 0]) & set(x_val[:, 0])
+
+
+@pytest.mark.parametrize("replace, message", [
+    ({"x_train": b"\x00\x00\x08\x03\x00\x00"}, "truncated"),
+    ({"x_train": idx_bytes(np.zeros((60, 28, 28)), 0x0803)[:-100]}, "truncated or corrupt"),
+    ({"y_train": idx_bytes(np.zeros(60), 0x0803)}, "wrong magic number"),
+    ({"y_train": idx_bytes(np.zeros(59), LABELS_MAGIC)}, "60 images but 59 labels"),
+    ({"x_test": idx_bytes(np.zeros((20, 27, 27)), IMAGES_MAGIC)}, "test images are"),
+])
+def test_bad_idx_files_are_refused_with_a_clear_message(tmp_path, replace, message):
+    write_fashion(tmp_path / "d", **replace)
+    with pytest.raises(PipelineError, match=message):
+        load_dataset(DataParams(dir=str(tmp_path / "d")), seed=0)
+
+
+def test_truncated_gzip_is_refused(tmp_path):
+    directory = write_fashion(tmp_path / "d")
+    path = directory / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(PipelineError, match="corrupt or truncated"):
+        load_dataset(DataParams(dir=str(directory)), seed=0)
+
+
+def test_sources_are_tried_in_order(tmp_path, monkeypatch):
+    env_dir, cache_dir = write_fashion(tmp_path / "env"), write_fashion(tmp_path / "cache", n_train=30)
+    monkeypatch.setattr(fashion_mnist, "keras_cache_dir", lambda: cache_dir)
+    monkeypatch.setenv(fashion_mnist.ENV_VAR, str(env_dir))
+    assert fashion_mnist.locate(None) == env_dir
+    monkeypatch.delenv(fashion_mnist.ENV_VAR)
+    assert fashion_mnist.locate(None) == cache_dir
+
+
+def test_no_source_names_every_way_to_get_the_data(tmp_path, monkeypatch):
+    monkeypatch.delenv(fashion_mnist.ENV_VAR, raising=False)
+    monkeypatch.setattr(fashion_mnist, "keras_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "debian")
+    monkeypatch.setattr(fashion_mnist, "_download_with_keras", lambda: False)
+    with pytest.raises(PipelineError) as info:
+        fashion_mnist.locate(None)
+    for way in ("data.dir", fashion_mnist.ENV_VAR, "Keras cache", "dataset-fashion-mnist", "make data",
+                "network"):
+        assert way in str(info.value)
+
+
+def test_configured_dir_without_files_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(PipelineError, match="does not hold the four Fashion-MNIST IDX files"):
+        fashion_mnist.locate(str(tmp_path))
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=10, size=(20, 16)):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def test_image_folder_is_resized_and_split_per_class(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    data = load_dataset(DataParams(source="folder", dir=str(root), image_size=[12, 12], channels=3,
+                                   val_fraction=0.2, test_fraction=0.2), seed=0)
+    assert data.input_shape == (12, 12, 3)
+    assert data.class_names == ["cat", "dog"]
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 20
+    assert sorted(set(data.y_test.tolist())) == [0, 1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "cat" / "3.png").write_bytes(b"not a png"), "not a readable image"),
+    (lambda root: (root / "dog" / "notes.txt").write_text("hi"), "not a PNG or JPEG"),
+    (lambda root: (root / "empty").mkdir(), "holds no images"),
+])
+def test_bad_image_folders_are_refused(tmp_path, damage, message):
+    root = write_folder(tmp_path / "imgs")
+    damage(root)
+    with pytest.raises(PipelineError, match=message):
+        load_dataset(DataParams(source="folder", dir=str(root)), seed=0)
+
+
+def test_a_single_class_folder_is_refused(tmp_path):
+    root = write_folder(tmp_path / "imgs", classes=("only",))
+    with pytest.raises(PipelineError, match="at least 2"):
+        load_dataset(DataParams(source="folder", dir=str(root)), seed=0)

@@ -1,0 +1,81 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text, name="params.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_committed_params_and_configs_load(path):
+    params = load_params(path)
+    assert params.name
+
+
+def test_config_overlays_its_base():
+    smoke = load_params(ROOT / "configs" / "smoke.yaml")
+    base = load_params(ROOT / "params.yaml")
+    assert smoke.model.architecture == "tiny"
+    assert smoke.train.learning_rate == base.train.learning_rate
+
+
+def test_unknown_key_is_rejected_naming_it(tmp_path):
+    with pytest.raises(ParamsError, match=r"train\.epoch: unknown key.*epochs"):
+        load_params(write(tmp_path, "train:\n  epoch: 3\n"))
+
+
+def test_wrong_type_is_rejected(tmp_path):
+    with pytest.raises(ParamsError, match=r"train\.epochs: expected int, got 'three'"):
+        load_params(write(tmp_path, "train:\n  epochs: three\n"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prune.final_sparsity=1.0", r"prune\.final_sparsity: must be in \[0, 1\)"),
+    ("prune.final_sparsity=-0.1", r"prune\.final_sparsity: must be in \[0, 1\)"),
+    ("prune.end_epoch=0", r"prune\.end_epoch: must be after begin_epoch"),
+    ("train.epochs=0", r"train\.epochs: must be at least 1"),
+    ("model.architecture=resnet999", r"unknown architecture 'resnet999'; known: .*small_cnn"),
+    ("convert.formats=[int4]", r"unknown format 'int4'"),
+    ("validate.latency_runs=10", r"at least 200"),
+    ("data.source=csv", r"data\.source: expected one of 'fashion_mnist', 'folder'"),
+])
+def test_impossible_values_are_rejected_naming_key_and_allowed_values(override, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(ROOT / "params.yaml", [override])
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path):
+    with pytest.raises(ParamsError, match=r"line 3.*YAML syntax error"):
+        load_params(write(tmp_path, "train:\n  epochs: 3\n\tbatch_size: 4\n"))
+
+
+def test_set_override_parses_yaml_values():
+    params = load_params(ROOT / "params.yaml", ["train.epochs=3", "data.limit_train=500", "data.dir=/x"])
+    assert (params.train.epochs, params.data.limit_train, params.data.dir) == (3, 500, "/x")
+
+
+def test_params_are_frozen():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.train.epochs = 1  # type: ignore[misc]
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(ParamsError, match="cycle"):
+        load_params(tmp_path / "a.yaml")
+
+
+def test_missing_params_file_is_reported(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,69 @@
+"""Pruning and conversion on a tiny model and synthetic data, in process."""
+
+import numpy as np
+import pytest
+
+from conftest import tiny_dataset
+from pipeline import architectures, litert
+from pipeline.convert import representative_data, to_tflite
+from pipeline.costs import model_costs, totals
+from pipeline.params import PruneParams
+from pipeline.prune import make_schedule, prune_model
+from pipeline.train import compile_for_training, predict_labels
+
+DATA = tiny_dataset()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = architectures.build("tiny", DATA.input_shape, DATA.num_classes)
+    compile_for_training(model, 3e-3)
+    model.fit(DATA.x_train.astype("float32"), DATA.y_train, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("schedule", ["polynomial_decay", "constant_sparsity"])
+def test_schedule_reaches_its_target_sparsity(trained, schedule):
+    p = PruneParams(schedule=schedule, final_sparsity=0.6, epochs=2, begin_epoch=0, end_epoch=1, frequency=1,
+                    batch_size=32, learning_rate=1e-4)
+    _, stripped, _ = prune_model(trained, DATA, p, seed=0)
+    for cost in model_costs(stripped):
+        if cost.prunable > 20:  # tiny layers round to whole weights
+            assert cost.zeros / cost.prunable == pytest.approx(0.6, abs=0.05), cost.name
+    assert totals(model_costs(stripped))["sparsity"] == pytest.approx(0.6, abs=0.05)
+
+
+def test_stripped_model_gives_the_pruned_models_outputs(trained):
+    p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32)
+    wrapped, stripped, _ = prune_model(trained, DATA, p, seed=0)
+    x = DATA.x_test.astype("float32")
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), wrapped.predict(x, verbose=0), atol=1e-6)
+    assert not any(type(layer).__name__ == "PruneLowMagnitude" for layer in stripped.layers)
+
+
+def test_schedule_steps_come_from_the_fine_tuning_epochs():
+    schedule = make_schedule(PruneParams(epochs=4, begin_epoch=1, end_epoch=3, frequency=10), steps_per_epoch=50)
+    config = schedule.get_config()["config"]
+    assert (config["begin_step"], config["end_step"]) == (50, 149)
+
+
+@pytest.mark.parametrize("fmt, bound", [("float32", 1.0), ("float16", 1.0), ("dynamic_int8", 0.95),
+                                        ("int8", 0.95)])
+def test_tflite_agrees_with_keras(trained, tmp_path, fmt, bound):
+    """float formats must agree exactly on top-1; int8 formats on at least 95% of these tiny inputs."""
+    blob = to_tflite(trained, fmt, representative_data(DATA.x_train, 50, seed=0))
+    path = tmp_path / f"m.{fmt}.tflite"
+    path.write_bytes(blob)
+    predictions, latencies = litert.evaluate(path, DATA.x_test, 16, [1], warmup=2, runs=200)
+    (labels,) = predictions.values()
+    assert np.mean(labels == predict_labels(trained, DATA.x_test)) >= bound
+    assert latencies[0]["threads"] == 1 and 0 < latencies[0]["p50"] <= latencies[0]["p99"]
+
+
+def test_full_integer_model_takes_and_gives_int8(trained, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    blob = to_tflite(trained, "int8", representative_data(DATA.x_train, 50, seed=0))
+    interp = Interpreter(model_content=blob)
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interp.get_output_details()[0]["dtype"] == np.int8
