@@ -57,7 +57,7 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int):
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / p.batch_size)
     wrapped = wrap_for_pruning(model, make_schedule(p, steps))
-    compile_for_training(wrapped, p.learning_rate)
+    compile_for_training(wrapped, p.learning_rate, steps * p.epochs)
     history = wrapped.fit(as_dataset(data.x_train, data.y_train, p.batch_size, seed),
                           validation_data=as_dataset(data.x_val, data.y_val, 500), epochs=p.epochs,
                           callbacks=[sparsity.UpdatePruningStep()], verbose=keras_verbosity())

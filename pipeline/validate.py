@@ -20,7 +20,8 @@ def discover(out_dir: Path, keras_model: Path | None = None) -> list[Path]:
     """The .tflite files to validate: all of them, or those converted from ``keras_model``."""
     files = sorted(out_dir.glob("*.tflite"))
     if keras_model is not None:
-        files = [f for f in files if (read_record(f) or {}).get("keras_model") == str(keras_model)]
+        wanted = keras_model.resolve()
+        files = [f for f in files if Path((read_record(f) or {}).get("keras_model", "")).resolve() == wanted]
     if not files:
         what = f"converted from {keras_model}" if keras_model else "to validate"
         raise PipelineError(f"no .tflite files {what} in {out_dir}; they are made by `mobiledeploy convert`")

@@ -151,3 +151,13 @@ def test_a_failed_write_leaves_the_previous_artefact_and_no_temporary_file(tmp_p
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+
+def test_your_own_model_goes_through_prune_convert_and_validate(copy_of_smoke):
+    shutil.copy(copy_of_smoke / "models" / "smoke.keras", copy_of_smoke / "mine.keras")  # no record beside it
+    for stage in ("prune", "convert", "validate"):
+        run_cli(stage, *SMOKE, "--model", "mine.keras", cwd=copy_of_smoke)
+    assert (copy_of_smoke / "models" / "mine.pruned.keras").is_file()
+    entries = report(copy_of_smoke)["artefacts"]
+    assert {(e["model"], e["format"]) for e in entries} == {("mine", f) for f in FORMATS}
+    assert all(e["keras_agreement"] >= 0.98 for e in entries)
