@@ -10,7 +10,7 @@ from .artifacts import file_hash, make_record, model_stem, pruned_path, read_rec
     save_with_record, tflite_path, trained_path
 from .data import load_dataset
 from .errors import PipelineError
-from .keras_io import load_model
+from .keras_io import check_fits_data, load_model
 from .params import Params
 from .tf import tf
 
@@ -63,9 +63,8 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
     for path, model in models:
         stem = model_stem(path)
         pruned = (read_record(path) or {}).get("stage") == "prune"
-        if data is not None and tuple(model.input_shape[1:]) != data.input_shape:
-            raise PipelineError(f"{path}: model input shape {tuple(model.input_shape[1:])} does not match "
-                                f"the data's {data.input_shape}")
+        if data is not None:
+            check_fits_data(model, data, path)
         representative = (representative_data(data.x_train, params.convert.representative_samples, params.seed)
                           if data is not None else None)
         for fmt in params.convert.formats:

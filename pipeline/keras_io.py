@@ -34,3 +34,13 @@ def load_model(path: Path):
 
 def save_model(model, path: Path, record: dict[str, Any]) -> None:
     save_with_record(path, lambda tmp: model.save(tmp), record)
+
+
+def check_fits_data(model, data, path: Path) -> None:
+    """Refuse a model whose input shape or number of classes does not match the dataset."""
+    expected = tuple(model.input_shape[1:])
+    if expected != data.input_shape:
+        raise PipelineError(f"{path}: model input shape {expected} does not match the data's {data.input_shape}")
+    classes = model.output_shape[-1]
+    if classes != data.num_classes:
+        raise PipelineError(f"{path}: model predicts {classes} classes, the data has {data.num_classes}")

@@ -91,8 +91,9 @@ class PruneParams:
     begin_epoch: int = 0
     end_epoch: int = 3
     frequency: int = 100
+    min_weights: int = 0
     batch_size: int = 128
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
 
     def validate(self) -> None:
         for key in ("initial_sparsity", "final_sparsity"):
@@ -107,6 +108,7 @@ class PruneParams:
         _check(self.end_epoch <= self.epochs, "prune.end_epoch",
                f"must not exceed prune.epochs ({self.epochs}), got {self.end_epoch}")
         _check(self.frequency >= 1, "prune.frequency", f"must be at least 1, got {self.frequency}")
+        _check(self.min_weights >= 0, "prune.min_weights", f"must be at least 0, got {self.min_weights}")
         _check(self.batch_size >= 1, "prune.batch_size", f"must be at least 1, got {self.batch_size}")
         _check(self.learning_rate > 0, "prune.learning_rate", f"must be positive, got {self.learning_rate}")
 

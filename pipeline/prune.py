@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 from .artifacts import file_hash, make_record, model_stem, pruned_path, read_record, require, trained_path
-from .costs import model_costs, totals
+from .costs import layer_cost, model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
-from .keras_io import load_model, save_model
+from .keras_io import check_fits_data, load_model, save_model
 from .params import Params, PruneParams
-from .tf import keras, tfmot
-from .train import as_dataset, compile_for_training, keras_verbosity, rounded_history, seed_everything, \
-    split_accuracies
+from .tf import keras, tf, tfmot
+from .train import KeepBest, as_dataset, compile_for_training, keras_verbosity, rounded_history, \
+    seed_everything, split_accuracies
 
 sparsity = tfmot.sparsity.keras
 
@@ -28,39 +28,53 @@ def make_schedule(p: PruneParams, steps_per_epoch: int):
                                     begin_step=begin, end_step=end, frequency=p.frequency)
 
 
-def check_input_shape(model, data: Dataset, path: Path) -> None:
-    expected = tuple(model.input_shape[1:])
-    if expected != data.input_shape:
-        raise PipelineError(f"{path}: model input shape {expected} does not match the data's {data.input_shape}")
-    classes = model.output_shape[-1]
-    if classes != data.num_classes:
-        raise PipelineError(f"{path}: model predicts {classes} classes, the data has {data.num_classes}")
-
-
 # Layers whose kernels magnitude pruning zeroes. TF-MOT also wraps DepthwiseConv2D but prunes none of
 # its weights, and prunes only the pointwise kernel of SeparableConv2D; other layers are left as they are.
 PRUNABLE = ("Conv2D", "Dense", "SeparableConv2D")
 
 
-def wrap_for_pruning(model, schedule):
-    """A clone of ``model`` with each prunable layer wrapped by ``prune_low_magnitude``."""
+def wrap_for_pruning(model, schedule, min_weights: int = 0):
+    """A clone of ``model`` with each prunable layer of at least ``min_weights`` kernel weights wrapped
+    by ``prune_low_magnitude``; smaller layers (typically the first convolution and the 1x1
+    bottleneck: few weights, much damage when pruned) stay dense."""
     def wrap(layer):
-        if type(layer).__name__ in PRUNABLE:
+        if type(layer).__name__ in PRUNABLE and layer_cost(layer).prunable >= min_weights:
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer.__class__.from_config(layer.get_config())
 
     return keras.models.clone_model(model, clone_function=wrap)
 
 
+class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The full rate while sparsity ramps up (``hold`` steps), then a cosine to zero for recovery."""
+
+    def __init__(self, rate: float, hold: int, decay: int):
+        self.rate, self.hold, self.decay = rate, hold, max(decay, 1)
+
+    def __call__(self, step):
+        progress = tf.clip_by_value((tf.cast(step, tf.float32) - self.hold) / self.decay, 0.0, 1.0)
+        return self.rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def get_config(self):
+        return {"rate": self.rate, "hold": self.hold, "decay": self.decay}
+
+
 def prune_model(model, data: Dataset, p: PruneParams, seed: int):
-    """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, history)."""
+    """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, history).
+
+    The weights kept are those of the best validation epoch among the epochs that end at the final
+    sparsity, so the model never trades sparsity for accuracy.
+    """
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / p.batch_size)
-    wrapped = wrap_for_pruning(model, make_schedule(p, steps))
-    compile_for_training(wrapped, p.learning_rate, steps * p.epochs)
+    wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights)
+    hold = p.end_epoch * steps
+    compile_for_training(wrapped, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
+    keep = KeepBest(first_epoch=p.end_epoch - 1)
     history = wrapped.fit(as_dataset(data.x_train, data.y_train, p.batch_size, seed),
                           validation_data=as_dataset(data.x_val, data.y_val, 500), epochs=p.epochs,
-                          callbacks=[sparsity.UpdatePruningStep()], verbose=keras_verbosity())
+                          callbacks=[sparsity.UpdatePruningStep(), keep], verbose=keras_verbosity())
+    wrapped.set_weights(keep.weights)
     return wrapped, sparsity.strip_pruning(wrapped), history
 
 
@@ -73,7 +87,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     if any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers):
         raise PipelineError(f"{source} still holds pruning wrappers; prune expects a trained, unwrapped model")
     data = load_dataset(params.data, params.seed)
-    check_input_shape(model, data, source)
+    check_fits_data(model, data, source)
     out = pruned_path(model_stem(source))
     p = params.prune
     print(f"prune: {p.schedule} to {p.final_sparsity:.0%} over {p.epochs} fine-tuning epochs on {data.describe()}",

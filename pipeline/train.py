@@ -32,9 +32,8 @@ def as_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_see
     return ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def compile_for_training(model, learning_rate: float, decay_steps: int | None = None) -> None:
-    """Adam on sparse categorical cross-entropy; with ``decay_steps``, the rate follows a cosine to zero."""
-    rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps) if decay_steps else learning_rate
+def compile_for_training(model, rate) -> None:
+    """Adam on sparse categorical cross-entropy; ``rate`` is a number or a learning-rate schedule."""
     model.compile(optimizer=keras.optimizers.Adam(rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
 
@@ -53,15 +52,17 @@ def keras_verbosity() -> int:
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Remember the weights of the epoch with the best validation accuracy (never test accuracy)."""
+    """Remember the weights of the epoch with the best validation accuracy (never test accuracy),
+    considering epochs from ``first_epoch`` (0-based) on."""
 
-    def __init__(self):
+    def __init__(self, first_epoch: int = 0):
         super().__init__()
+        self.first_epoch = first_epoch
         self.best, self.best_epoch, self.weights = -1.0, -1, None
 
     def on_epoch_end(self, epoch, logs=None):
         score = (logs or {}).get("val_accuracy", -1.0)
-        if score > self.best:
+        if epoch >= self.first_epoch and score > self.best:
             self.best, self.best_epoch, self.weights = score, epoch, self.model.get_weights()
 
 
@@ -83,7 +84,8 @@ def train(params: Params, out: Path | None = None) -> Path:
     model = architectures.build(params.model.architecture, data.input_shape, data.num_classes,
                                 width=params.model.width, dropout=params.model.dropout)
     steps = math.ceil(len(data.x_train) / params.train.batch_size)
-    compile_for_training(model, params.train.learning_rate, steps * params.train.epochs)
+    compile_for_training(model, keras.optimizers.schedules.CosineDecay(params.train.learning_rate,
+                                                                        steps * params.train.epochs))
     print(f"train: {params.model.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
     keep = KeepBest()
     start = time.perf_counter()

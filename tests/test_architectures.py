@@ -28,3 +28,23 @@ def test_pooling_halves_the_feature_map_per_stage():
     model = architectures.build("small_cnn", (28, 28, 1), 10, width=4)
     sizes = [model.get_layer(n).output_shape[1] for n in ("stage1_relu", "stage1_maxpool", "stage2_maxpool")]
     assert sizes == [28, 14, 7]
+
+
+def test_models_are_keras_2_models_that_tf_keras_and_tfmot_accept():
+    from pipeline.tf import tf
+    import tf_keras
+
+    model = architectures.build("tiny", (12, 12, 1), 3)
+    assert isinstance(model, tf_keras.Model)
+    assert tf.keras.Model is tf_keras.Model
+
+
+def test_keras_3_loaded_before_the_pipeline_is_refused():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    code = "import tensorflow as tf; tf.keras.layers; import pipeline.tf"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and "imported with Keras 3" in proc.stderr

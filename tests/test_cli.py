@@ -95,6 +95,22 @@ def copy_of_smoke(smoke_project, tmp_path):
     return project
 
 
+def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
+    from test_data import write_folder
+
+    project = new_project(tmp_path)
+    write_folder(project / "images", classes=("a", "b", "c"), per_class=20, size=(18, 14))
+    overrides = ["--set", "name=mine", "--set", "data.source=folder", "--set", "data.dir=images",
+                 "--set", "data.image_size=[16, 16]", "--set", "data.limit_test=null",
+                 "--set", "convert.formats=[float32, int8]"]
+    for stage in ("train", "prune", "convert", "validate"):
+        run_cli(stage, *SMOKE, *overrides, cwd=project)
+    entries = report(project)["artefacts"]
+    assert {Path(e["file"]).name for e in entries} == {
+        "mine.float32.tflite", "mine.int8.tflite", "mine.pruned.float32.tflite", "mine.pruned.int8.tflite"}
+    assert all(0 <= e["accuracy"] <= 1 and e["keras_agreement"] is not None for e in entries)
+
+
 def test_missing_upstream_artefact_names_the_command_that_makes_it(tmp_path):
     project = new_project(tmp_path)
     fails_cleanly(run_cli("prune", *SMOKE, cwd=project, check=False), "models/smoke.keras", "mobiledeploy train")

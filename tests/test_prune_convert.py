@@ -67,3 +67,13 @@ def test_full_integer_model_takes_and_gives_int8(trained, tmp_path):
     interp = Interpreter(model_content=blob)
     assert interp.get_input_details()[0]["dtype"] == np.int8
     assert interp.get_output_details()[0]["dtype"] == np.int8
+
+
+def test_layers_below_min_weights_stay_dense(trained):
+    p = PruneParams(final_sparsity=0.6, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
+                    min_weights=500)
+    _, stripped, _ = prune_model(trained, DATA, p, seed=0)
+    for cost in model_costs(stripped):
+        if cost.prunable:
+            expected = 0.6 if cost.prunable >= 500 else 0.0
+            assert cost.zeros / cost.prunable == pytest.approx(expected, abs=0.05), cost.name
