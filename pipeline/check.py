@@ -103,6 +103,7 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
         if drop is not None:
             g["max_drop"] = round(max(drop, 0.0) + margins.drop_margin, 4)
         g["max_size_bytes"] = int(e["size_bytes"] * (1 + margins.size_margin))
+        g["max_gzip_bytes"] = int(e["gzip_bytes"] * (1 + margins.size_margin))
         gates[e["file"]] = g
     return gates
 
@@ -114,6 +115,6 @@ def update_gates(report_path: Path, gates_path: Path, margins: CheckParams, comm
     header = (f"# Accuracy-regression gates, written by `{command}` on {datetime.date.today()}\n"
               f"# from {report_path} ({report['dataset']}, {report['test_examples']} test examples).\n"
               f"# Room for noise (params.check): accuracy -{margins.accuracy_margin}, drop vs Keras "
-              f"+{margins.drop_margin}, size +{margins.size_margin:.0%}.\n"
+              f"+{margins.drop_margin}, size and gzipped size +{margins.size_margin:.0%}.\n"
               "# Edit by hand only to tighten or loosen a gate on purpose; say why in the commit.\n")
     write_text(gates_path, header + yaml.safe_dump({"artefacts": gates}, sort_keys=True))
