@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .artifacts import REPORT_JSON, pruned_path, tflite_path, trained_path
+from .artifacts import REPORT_JSON, pruned_path, require, tflite_path, trained_path
 from .errors import PipelineError
 from .params import load_params, param_files
 
@@ -133,8 +133,6 @@ def summary(params, model_path, **_):
     """Per-layer output shape, parameters, MACs and zero weights, with totals."""
     from .costs import model_costs, summary_table
     from .keras_io import load_model
-
-    from .artifacts import require
 
     path = model_path or require(trained_path(params.name), "mobiledeploy train")
     click.echo(summary_table(model_costs(load_model(path))))
