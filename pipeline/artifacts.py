@@ -128,10 +128,29 @@ def _versions() -> dict[str, str | None]:
 
 def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: dict[str, str],
                 **extra: Any) -> dict[str, Any]:
-    """What produced an artefact: stage, resolved params, seed, versions, commit, and ``inputs``
-    (what was read -> its hash; see :func:`file_hash`)."""
-    return {"stage": stage, "params": params, "seed": seed, "inputs": inputs, "versions": _versions(),
+    """What produced an artefact: stage, the params it used, seed, versions, commit, and ``inputs``
+    (what was read -> its hash; see :func:`file_hash`).
+
+    ``key`` hashes everything that determines the artefact (not the git commit): a stage whose planned
+    record has the key of the record on disk has nothing to do (:func:`is_current`).
+    """
+    versions = _versions()
+    key_source = json.dumps([stage, params, seed, inputs, versions], sort_keys=True, default=str)
+    return {"stage": stage, "key": "sha256:" + hashlib.sha256(key_source.encode()).hexdigest(),
+            "params": params, "seed": seed, "inputs": inputs, "versions": versions,
             "git_commit": _git_commit(), **extra}
+
+
+def is_current(path: Path, planned: dict[str, Any]) -> bool:
+    """True if ``path`` exists, unmodified, and was made from the same inputs, params and versions."""
+    if not path.is_file():
+        return False
+    try:
+        record = read_record(path)
+    except PipelineError:
+        return False
+    return bool(record) and record.get("key") == planned["key"] and \
+        record.get("artefact", {}).get("hash") == file_hash(path)
 
 
 def save_with_record(path: Path, save: Callable[[Path], None], record: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import file_hash, make_record, model_stem, pruned_path, read_record, require, \
+from .artifacts import file_hash, is_current, make_record, model_stem, pruned_path, read_record, require, \
     save_with_record, tflite_path, trained_path
 from .data import load_dataset
 from .errors import PipelineError
@@ -69,13 +69,19 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
                           if data is not None else None)
         for fmt in params.convert.formats:
             out = tflite_path(stem, fmt)
-            blob = to_tflite(model, fmt, representative if fmt == "int8" else None)
+            used: dict = {"format": fmt}
             inputs = {"model": file_hash(path)}
-            if fmt == "int8":
+            if fmt == "int8":  # only full-integer conversion reads data (the calibration images)
+                used.update(representative_samples=params.convert.representative_samples,
+                            data=params.section("data"))
                 inputs["dataset"] = data.fingerprint
-            record = make_record("convert", {"convert": params.section("convert"), "data": params.section("data")},
-                                 params.seed, inputs, keras_model=str(path), model=stem, format=fmt, pruned=pruned)
-            save_with_record(out, lambda tmp: tmp.write_bytes(blob), record)
-            print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
+            planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=stem,
+                                  format=fmt, pruned=pruned)
             written.append(out)
+            if is_current(out, planned):
+                print(f"convert: {out} is up to date; nothing to do", flush=True)
+                continue
+            blob = to_tflite(model, fmt, representative if fmt == "int8" else None)
+            save_with_record(out, lambda tmp: tmp.write_bytes(blob), planned)
+            print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
     return written

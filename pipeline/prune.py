@@ -6,15 +6,15 @@ import math
 import time
 from pathlib import Path
 
-from .artifacts import file_hash, make_record, model_stem, pruned_path, read_record, require, trained_path
+from .artifacts import file_hash, is_current, make_record, model_stem, pruned_path, read_record, require, trained_path
 from .costs import layer_cost, model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
 from .keras_io import check_fits_data, load_model, save_model
 from .params import Params, PruneParams
 from .tf import keras, tf, tfmot
-from .train import KeepBest, as_dataset, compile_for_training, keras_verbosity, rounded_history, \
-    seed_everything, split_accuracies
+from .resume import backup_dir, finish, fit_resumable
+from .train import as_dataset, compile_for_training, seed_everything, split_accuracies
 
 sparsity = tfmot.sparsity.keras
 
@@ -59,8 +59,8 @@ class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"rate": self.rate, "hold": self.hold, "decay": self.decay}
 
 
-def prune_model(model, data: Dataset, p: PruneParams, seed: int):
-    """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, history).
+def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path | None = None, key: str = ""):
+    """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, KeepBest).
 
     The weights kept are those of the best validation epoch among the epochs that end at the final
     sparsity, so the model never trades sparsity for accuracy.
@@ -70,12 +70,10 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int):
     wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights)
     hold = p.end_epoch * steps
     compile_for_training(wrapped, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
-    keep = KeepBest(first_epoch=p.end_epoch - 1)
-    history = wrapped.fit(as_dataset(data.x_train, data.y_train, p.batch_size, seed),
-                          validation_data=as_dataset(data.x_val, data.y_val, 500), epochs=p.epochs,
-                          callbacks=[sparsity.UpdatePruningStep(), keep], verbose=keras_verbosity())
-    wrapped.set_weights(keep.weights)
-    return wrapped, sparsity.strip_pruning(wrapped), history
+    keep = fit_resumable(wrapped, as_dataset(data.x_train, data.y_train, p.batch_size, seed),
+                         as_dataset(data.x_val, data.y_val, 500), p.epochs, state_dir, key,
+                         callbacks=[sparsity.UpdatePruningStep()], first_best_epoch=p.end_epoch - 1)
+    return wrapped, sparsity.strip_pruning(wrapped), keep
 
 
 def prune(params: Params, model_path: Path | None = None) -> Path:
@@ -89,20 +87,25 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     data = load_dataset(params.data, params.seed)
     check_fits_data(model, data, source)
     out = pruned_path(model_stem(source))
+    used = {key: params.to_dict()[key] for key in ("data", "prune")}
+    planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
+                          parent=str(source), dataset=data.source)
+    if is_current(out, planned):
+        print(f"prune: {out} is up to date (same model, data, params and versions); nothing to do", flush=True)
+        return out
     p = params.prune
     print(f"prune: {p.schedule} to {p.final_sparsity:.0%} over {p.epochs} fine-tuning epochs on {data.describe()}",
           flush=True)
     start = time.perf_counter()
-    _, stripped, history = prune_model(model, data, p, params.seed)
+    state = backup_dir(out)
+    _, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"])
     costs = model_costs(stripped)
     metrics = {**split_accuracies(stripped, data), "finetune_seconds": round(time.perf_counter() - start, 1),
                "sparsity": totals(costs)["sparsity"],
                "layer_sparsity": {c.name: round(c.zeros / c.prunable, 4) for c in costs if c.prunable},
-               "history": rounded_history(history)}
-    record = make_record("prune", params.to_dict(), params.seed,
-                         {"model": file_hash(source), "dataset": data.fingerprint},
-                         parent=str(source), dataset=data.source, metrics=metrics)
-    save_model(stripped, out, record)
+               "best_epoch": keep.best_epoch + 1, "history": keep.history}
+    save_model(stripped, out, {**planned, "metrics": metrics})
+    finish(state)
     print(f"prune: sparsity {metrics['sparsity']:.1%}, val {metrics['val_accuracy']:.4f}, "
           f"test {metrics['test_accuracy']:.4f} -> {out}", flush=True)
     return out

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import architectures
-from .artifacts import make_record, trained_path
+from .artifacts import is_current, make_record, trained_path
 from .data import Dataset, load_dataset
 from .keras_io import save_model
 from .params import Params
+from .resume import backup_dir, finish, fit_resumable
 from .tf import keras, tf
 
 
@@ -46,30 +46,6 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(predict_labels(model, x) == y))
 
 
-def keras_verbosity() -> int:
-    """Keras's live progress bar on a terminal; one line per epoch in logs and CI."""
-    return 1 if sys.stdout.isatty() else 2
-
-
-class KeepBest(keras.callbacks.Callback):
-    """Remember the weights of the epoch with the best validation accuracy (never test accuracy),
-    considering epochs from ``first_epoch`` (0-based) on."""
-
-    def __init__(self, first_epoch: int = 0):
-        super().__init__()
-        self.first_epoch = first_epoch
-        self.best, self.best_epoch, self.weights = -1.0, -1, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get("val_accuracy", -1.0)
-        if epoch >= self.first_epoch and score > self.best:
-            self.best, self.best_epoch, self.weights = score, epoch, self.model.get_weights()
-
-
-def rounded_history(history) -> dict[str, list[float]]:
-    return {k: [round(float(v), 5) for v in values] for k, values in history.history.items()}
-
-
 def split_accuracies(model, data: Dataset) -> dict[str, float]:
     return {"train_accuracy": accuracy(model, data.x_train, data.y_train),
             "val_accuracy": accuracy(model, data.x_val, data.y_val),
@@ -80,6 +56,12 @@ def train(params: Params, out: Path | None = None) -> Path:
     """Train ``params.model`` on ``params.data``; write the best epoch to ``models/<name>.keras``."""
     data = load_dataset(params.data, params.seed)
     out = out or trained_path(params.name)
+    used = {key: params.to_dict()[key] for key in ("name", "data", "model", "train")}
+    planned = make_record("train", used, params.seed, {"dataset": data.fingerprint}, dataset=data.source,
+                          input_shape=list(data.input_shape), class_names=data.class_names)
+    if is_current(out, planned):
+        print(f"train: {out} is up to date (same data, params and versions); nothing to do", flush=True)
+        return out
     seed_everything(params.seed)
     model = architectures.build(params.model.architecture, data.input_shape, data.num_classes,
                                 width=params.model.width, dropout=params.model.dropout)
@@ -87,19 +69,15 @@ def train(params: Params, out: Path | None = None) -> Path:
     compile_for_training(model, keras.optimizers.schedules.CosineDecay(params.train.learning_rate,
                                                                         steps * params.train.epochs))
     print(f"train: {params.model.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
-    keep = KeepBest()
+    state = backup_dir(out)
     start = time.perf_counter()
-    history = model.fit(as_dataset(data.x_train, data.y_train, params.train.batch_size, params.seed),
-                        validation_data=as_dataset(data.x_val, data.y_val, 500),
-                        epochs=params.train.epochs, callbacks=[keep], verbose=keras_verbosity())
+    keep = fit_resumable(model, as_dataset(data.x_train, data.y_train, params.train.batch_size, params.seed),
+                         as_dataset(data.x_val, data.y_val, 500), params.train.epochs, state, planned["key"])
     seconds = time.perf_counter() - start
-    model.set_weights(keep.weights)
     metrics = {"best_epoch": keep.best_epoch + 1, **split_accuracies(model, data),
-               "train_seconds": round(seconds, 1), "history": rounded_history(history)}
-    record = make_record("train", params.to_dict(), params.seed, {"dataset": data.fingerprint},
-                         dataset=data.source, input_shape=list(data.input_shape),
-                         class_names=data.class_names, metrics=metrics)
-    save_model(model, out, record)
+               "train_seconds": round(seconds, 1), "history": keep.history}
+    save_model(model, out, {**planned, "metrics": metrics})
+    finish(state)
     print(f"train: best epoch {metrics['best_epoch']}, val {metrics['val_accuracy']:.4f}, "
           f"test {metrics['test_accuracy']:.4f} ({seconds:.0f}s) -> {out}", flush=True)
     return out
