@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -51,10 +52,63 @@ def new_project(tmp: Path) -> Path:
 SMOKE = ("--params", "configs/smoke.yaml")
 
 
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` -> its hash: to prove a failed command changed nothing."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fails_cleanly(proc, *fragments):
+    """Exit 1, one line on stderr starting with 'error:' and naming the problem, no traceback."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory) -> Path:
     """The smoke config run once through every stage of the CLI, in a throw-away project folder."""
     project = new_project(tmp_path_factory.mktemp("smoke"))
     for stage in ("train", "prune", "convert", "validate"):
         run_cli(stage, *SMOKE, cwd=project)
+    return project
+
+
+# --- the bad-input table: each test marked @pytest.mark.bad_input("class") counts its cases ---------
+
+BAD_INPUT: dict[str, dict[str, int]] = {}
+BAD_INPUT_TABLE = ROOT / ".build" / "bad_input.md"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("bad_input")
+    if marker is None or report.when != "call":
+        return
+    cases = dict(item.user_properties).get("cases", 1)
+    row = BAD_INPUT.setdefault(marker.args[0], {"cases": 0, "refused": 0, "failed": 0})
+    row["cases"] += cases
+    row["refused" if report.passed else "failed"] += cases
+
+
+def pytest_sessionfinish(session):
+    """Write the table the README quotes: class of bad input, cases tried, outcome."""
+    if not BAD_INPUT:
+        return
+    lines = ["| bad input | cases tried | refused cleanly | not |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {r['cases']} | {r['refused']} | {r['failed']} |" for name, r in sorted(BAD_INPUT.items())]
+    BAD_INPUT_TABLE.parent.mkdir(exist_ok=True)
+    BAD_INPUT_TABLE.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def copy_of_smoke(smoke_project, tmp_path):
+    """A private copy of the smoke project, for tests that add or break files."""
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project)
     return project

@@ -1,31 +1,15 @@
 """The smoke config end to end through the CLI, and what users get wrong, as a user would meet it."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOKE, new_project, run_cli
+from conftest import ROOT, SMOKE, fails_cleanly, new_project, run_cli, snapshot
 from pipeline.artifacts import atomic_path
 
 FORMATS = {"float32", "float16", "dynamic_int8", "int8"}
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def fails_cleanly(proc, *fragments):
-    """Exit 1, one line on stderr starting with 'error:' and naming the problem, no traceback."""
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def report(project: Path) -> dict:
@@ -88,13 +72,6 @@ def test_check_passes_on_the_real_report_and_fails_on_an_injected_regression(smo
     assert "min_accuracy" in proc.stderr and worse["artefacts"][0]["file"] in proc.stderr
 
 
-@pytest.fixture
-def copy_of_smoke(smoke_project, tmp_path):
-    project = tmp_path / "p"
-    shutil.copytree(smoke_project, project)
-    return project
-
-
 def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
     from test_data import write_folder
 
@@ -111,6 +88,7 @@ def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
     assert all(0 <= e["accuracy"] <= 1 and e["keras_agreement"] is not None for e in entries)
 
 
+@pytest.mark.bad_input("missing upstream artefacts")
 def test_missing_upstream_artefact_names_the_command_that_makes_it(tmp_path):
     project = new_project(tmp_path)
     fails_cleanly(run_cli("prune", *SMOKE, cwd=project, check=False), "models/smoke.keras", "mobiledeploy train")
@@ -118,6 +96,7 @@ def test_missing_upstream_artefact_names_the_command_that_makes_it(tmp_path):
     fails_cleanly(run_cli("validate", *SMOKE, cwd=project, check=False), "mobiledeploy convert")
 
 
+@pytest.mark.bad_input("params")
 def test_bad_params_stop_before_any_work(tmp_path):
     project = new_project(tmp_path)
     fails_cleanly(run_cli("train", *SMOKE, "--set", "prune.final_sparsity=1.5", cwd=project, check=False),
@@ -125,6 +104,7 @@ def test_bad_params_stop_before_any_work(tmp_path):
     assert not (project / "models").exists()
 
 
+@pytest.mark.bad_input("model files")
 def test_a_file_that_is_not_a_keras_model_is_refused_and_nothing_changes(copy_of_smoke):
     bogus = copy_of_smoke / "mine.keras"
     bogus.write_bytes(b"\x00garbage" * 100)
@@ -134,11 +114,13 @@ def test_a_file_that_is_not_a_keras_model_is_refused_and_nothing_changes(copy_of
     assert snapshot(copy_of_smoke) == before
 
 
+@pytest.mark.bad_input("model files")
 def test_a_pruned_model_is_refused_where_a_trained_one_is_expected(copy_of_smoke):
     fails_cleanly(run_cli("prune", *SMOKE, "--model", "models/smoke.pruned.keras", cwd=copy_of_smoke,
                           check=False), "already a pruned model")
 
 
+@pytest.mark.bad_input(".tflite files")
 @pytest.mark.parametrize("content", [b"TFL3" + bytes(range(256)) * 4, b""], ids=["random", "empty"])
 def test_a_broken_tflite_fails_validation_cleanly_and_keeps_the_report(copy_of_smoke, content):
     (copy_of_smoke / "tflite_out" / "broken.int8.tflite").write_bytes(content)
@@ -147,6 +129,7 @@ def test_a_broken_tflite_fails_validation_cleanly_and_keeps_the_report(copy_of_s
     assert snapshot(copy_of_smoke) == before
 
 
+@pytest.mark.bad_input("the disk")
 def test_an_unwritable_output_location_is_reported(copy_of_smoke):
     shutil.rmtree(copy_of_smoke / "tflite_out")
     (copy_of_smoke / "tflite_out").write_text("a file where the output folder should be")

@@ -49,6 +49,7 @@ def test_validation_split_is_deterministic_stratified_and_disjoint():
     assert not set(x_train[:, 0]) & set(x_val[:, 0])
 
 
+@pytest.mark.bad_input("dataset files")
 @pytest.mark.parametrize("replace, message", [
     ({"x_train": b"\x00\x00\x08\x03\x00\x00"}, "truncated"),
     ({"x_train": idx_bytes(np.zeros((60, 28, 28)), 0x0803)[:-100]}, "truncated or corrupt"),
@@ -62,6 +63,7 @@ def test_bad_idx_files_are_refused_with_a_clear_message(tmp_path, replace, messa
         load_dataset(DataParams(dir=str(tmp_path / "d")), seed=0)
 
 
+@pytest.mark.bad_input("dataset files")
 def test_truncated_gzip_is_refused(tmp_path):
     directory = write_fashion(tmp_path / "d")
     path = directory / "train-images-idx3-ubyte.gz"
@@ -91,6 +93,7 @@ def test_no_source_names_every_way_to_get_the_data(tmp_path, monkeypatch):
         assert way in str(info.value)
 
 
+@pytest.mark.bad_input("dataset files")
 def test_configured_dir_without_files_is_an_error_not_a_fallback(tmp_path):
     with pytest.raises(PipelineError, match="does not hold the four Fashion-MNIST IDX files"):
         fashion_mnist.locate(str(tmp_path))
@@ -116,6 +119,7 @@ def test_image_folder_is_resized_and_split_per_class(tmp_path):
     assert sorted(set(data.y_test.tolist())) == [0, 1]
 
 
+@pytest.mark.bad_input("image folders")
 @pytest.mark.parametrize("damage, message", [
     (lambda root: (root / "cat" / "3.png").write_bytes(b"not a png"), "not a readable image"),
     (lambda root: (root / "dog" / "notes.txt").write_text("hi"), "not a PNG or JPEG"),
@@ -128,6 +132,7 @@ def test_bad_image_folders_are_refused(tmp_path, damage, message):
         load_dataset(DataParams(source="folder", dir=str(root)), seed=0)
 
 
+@pytest.mark.bad_input("image folders")
 def test_a_single_class_folder_is_refused(tmp_path):
     root = write_folder(tmp_path / "imgs", classes=("only",))
     with pytest.raises(PipelineError, match="at least 2"):

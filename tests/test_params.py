@@ -28,16 +28,19 @@ def test_config_overlays_its_base():
     assert smoke.train.learning_rate == base.train.learning_rate
 
 
+@pytest.mark.bad_input("params")
 def test_unknown_key_is_rejected_naming_it(tmp_path):
     with pytest.raises(ParamsError, match=r"train\.epoch: unknown key.*epochs"):
         load_params(write(tmp_path, "train:\n  epoch: 3\n"))
 
 
+@pytest.mark.bad_input("params")
 def test_wrong_type_is_rejected(tmp_path):
     with pytest.raises(ParamsError, match=r"train\.epochs: expected int, got 'three'"):
         load_params(write(tmp_path, "train:\n  epochs: three\n"))
 
 
+@pytest.mark.bad_input("params")
 @pytest.mark.parametrize("override, message", [
     ("prune.final_sparsity=1.0", r"prune\.final_sparsity: must be in \[0, 1\)"),
     ("prune.final_sparsity=-0.1", r"prune\.final_sparsity: must be in \[0, 1\)"),
@@ -47,12 +50,17 @@ def test_wrong_type_is_rejected(tmp_path):
     ("convert.formats=[int4]", r"unknown format 'int4'"),
     ("validate.latency_runs=10", r"at least 200"),
     ("data.source=csv", r"data\.source: expected one of 'fashion_mnist', 'folder'"),
+    ("prune.initial_sparsity=0.9", r"prune\.initial_sparsity: must not exceed final_sparsity"),
+    ("prune.end_epoch=99", r"prune\.end_epoch: must not exceed prune\.epochs"),
+    ("data.test_fraction=0.95", r"must leave some training data"),
+    ("name=../x", r"name: must be letters"),
 ])
 def test_impossible_values_are_rejected_naming_key_and_allowed_values(override, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", [override])
 
 
+@pytest.mark.bad_input("params")
 def test_yaml_syntax_error_gives_the_line(tmp_path):
     with pytest.raises(ParamsError, match=r"line 3.*YAML syntax error"):
         load_params(write(tmp_path, "train:\n  epochs: 3\n\tbatch_size: 4\n"))
@@ -69,6 +77,7 @@ def test_params_are_frozen():
         params.train.epochs = 1  # type: ignore[misc]
 
 
+@pytest.mark.bad_input("params")
 def test_extends_cycle_is_reported(tmp_path):
     write(tmp_path, "extends: b.yaml\n", "a.yaml")
     write(tmp_path, "extends: a.yaml\n", "b.yaml")
@@ -76,6 +85,7 @@ def test_extends_cycle_is_reported(tmp_path):
         load_params(tmp_path / "a.yaml")
 
 
+@pytest.mark.bad_input("params")
 def test_missing_params_file_is_reported(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
