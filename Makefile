@@ -55,13 +55,15 @@ validate: $(REPORT)
 $(TRAINED): $(PARAM_FILES) | data
 	$(CLI) train $(ARGS)
 
-$(PRUNED): $(TRAINED)
+# Every stage also depends on the params: Make then calls it after any params edit, and the stage
+# itself does nothing (and says so) if the params it uses and its inputs are unchanged.
+$(PRUNED): $(TRAINED) $(PARAM_FILES)
 	$(CLI) prune $(ARGS)
 
-$(TFLITE) &: $(TRAINED) $(PRUNED)
+$(TFLITE) &: $(TRAINED) $(PRUNED) $(PARAM_FILES)
 	$(CLI) convert $(ARGS)
 
-$(REPORT): $(TFLITE)
+$(REPORT): $(TFLITE) $(PARAM_FILES)
 	$(CLI) validate $(ARGS)
 
 check: $(REPORT)

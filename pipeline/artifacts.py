@@ -132,7 +132,7 @@ def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: di
     (what was read -> its hash; see :func:`file_hash`).
 
     ``key`` hashes everything that determines the artefact (not the git commit): a stage whose planned
-    record has the key of the record on disk has nothing to do (:func:`is_current`).
+    record has the key of the record on disk has nothing to do (:func:`reuse_if_current`).
     """
     versions = _versions()
     key_source = json.dumps([stage, params, seed, inputs, versions], sort_keys=True, default=str)
@@ -141,16 +141,20 @@ def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: di
             "git_commit": _git_commit(), **extra}
 
 
-def is_current(path: Path, planned: dict[str, Any]) -> bool:
-    """True if ``path`` exists, unmodified, and was made from the same inputs, params and versions."""
+def reuse_if_current(path: Path, planned: dict[str, Any]) -> bool:
+    """True if ``path`` exists, unmodified, and was made from the same inputs, params and versions as
+    ``planned`` would be; it is then touched, so that Make too sees it as up to date."""
     if not path.is_file():
         return False
     try:
         record = read_record(path)
     except PipelineError:
         return False
-    return bool(record) and record.get("key") == planned["key"] and \
+    current = bool(record) and record.get("key") == planned["key"] and \
         record.get("artefact", {}).get("hash") == file_hash(path)
+    if current:
+        os.utime(path)
+    return current
 
 
 def save_with_record(path: Path, save: Callable[[Path], None], record: dict[str, Any]) -> None:

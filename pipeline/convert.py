@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import file_hash, is_current, make_record, model_stem, pruned_path, read_record, require, \
+from .artifacts import file_hash, reuse_if_current, make_record, model_stem, pruned_path, read_record, require, \
     save_with_record, tflite_path, trained_path
 from .data import load_dataset
 from .errors import PipelineError
@@ -78,7 +78,7 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
             planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=stem,
                                   format=fmt, pruned=pruned)
             written.append(out)
-            if is_current(out, planned):
+            if reuse_if_current(out, planned):
                 print(f"convert: {out} is up to date; nothing to do", flush=True)
                 continue
             blob = to_tflite(model, fmt, representative if fmt == "int8" else None)

@@ -6,7 +6,7 @@ import math
 import time
 from pathlib import Path
 
-from .artifacts import file_hash, is_current, make_record, model_stem, pruned_path, read_record, require, trained_path
+from .artifacts import file_hash, reuse_if_current, make_record, model_stem, pruned_path, read_record, require, trained_path
 from .costs import layer_cost, model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
@@ -90,7 +90,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     used = {key: params.to_dict()[key] for key in ("data", "prune")}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
-    if is_current(out, planned):
+    if reuse_if_current(out, planned):
         print(f"prune: {out} is up to date (same model, data, params and versions); nothing to do", flush=True)
         return out
     p = params.prune

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import architectures
-from .artifacts import is_current, make_record, trained_path
+from .artifacts import reuse_if_current, make_record, trained_path
 from .data import Dataset, load_dataset
 from .keras_io import save_model
 from .params import Params
@@ -59,7 +59,7 @@ def train(params: Params, out: Path | None = None) -> Path:
     used = {key: params.to_dict()[key] for key in ("name", "data", "model", "train")}
     planned = make_record("train", used, params.seed, {"dataset": data.fingerprint}, dataset=data.source,
                           input_shape=list(data.input_shape), class_names=data.class_names)
-    if is_current(out, planned):
+    if reuse_if_current(out, planned):
         print(f"train: {out} is up to date (same data, params and versions); nothing to do", flush=True)
         return out
     seed_everything(params.seed)
