@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE, new_project, run_cli
+from conftest import ROOT, SMOKE, new_project, run_cli, snapshot
 from pipeline.keras_io import load_model
 
 TRAIN = ("train", *SMOKE, "--set", "train.epochs=6")
@@ -79,8 +80,14 @@ def test_ctrl_c_stops_cleanly_and_keeps_earlier_artefacts(uninterrupted, tmp_pat
     assert (project / "models" / "smoke.keras").read_bytes() == earlier
 
 
-def test_a_stage_with_unchanged_inputs_and_params_does_not_redo_its_work(uninterrupted):
-    model = uninterrupted / "models" / "smoke.keras"
-    before = model.stat().st_mtime_ns
-    again = run_cli(*TRAIN, cwd=uninterrupted)
-    assert "up to date" in again.stdout and model.stat().st_mtime_ns == before
+def test_a_stage_with_unchanged_inputs_and_params_does_not_redo_its_work(uninterrupted, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(uninterrupted, project)
+    model = project / "models" / "smoke.keras"
+    before = snapshot(project / "models")
+    again = run_cli(*TRAIN, "--set", "validate.latency_runs=250", cwd=project)  # a param train does not use
+    assert "up to date" in again.stdout and "Epoch 1/" not in again.stdout
+    assert snapshot(project / "models") == before
+    changed = run_cli(*TRAIN, "--set", "train.learning_rate=0.002", cwd=project)
+    assert "Epoch 1/6" in changed.stdout and snapshot(project / "models") != before
+    assert model.is_file()
