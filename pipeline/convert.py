@@ -59,14 +59,14 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
     models = [(path, load_model(path)) for path in paths]  # fail on a bad file before any work
     needs_data = "int8" in params.convert.formats
     data = load_dataset(params.data, params.seed) if needs_data else None
+    representative = (representative_data(data.x_train, params.convert.representative_samples, params.seed)
+                      if data is not None else None)
     written = []
     for path, model in models:
         stem = model_stem(path)
         pruned = (read_record(path) or {}).get("stage") == "prune"
         if data is not None:
             check_fits_data(model, data, path)
-        representative = (representative_data(data.x_train, params.convert.representative_samples, params.seed)
-                          if data is not None else None)
         for fmt in params.convert.formats:
             out = tflite_path(stem, fmt)
             used: dict = {"format": fmt}

@@ -181,6 +181,11 @@ class Params:
     def section(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))
 
+    def subset(self, *names: str) -> dict[str, Any]:
+        """The named top-level keys and sections: the params one stage uses (its record and key)."""
+        everything = self.to_dict()
+        return {name: everything[name] for name in names}
+
 
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)

@@ -87,7 +87,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     data = load_dataset(params.data, params.seed)
     check_fits_data(model, data, source)
     out = pruned_path(model_stem(source))
-    used = {key: params.to_dict()[key] for key in ("data", "prune")}
+    used = params.subset("data", "prune")
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     if reuse_if_current(out, planned):

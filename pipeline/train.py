@@ -52,11 +52,11 @@ def split_accuracies(model, data: Dataset) -> dict[str, float]:
             "test_accuracy": accuracy(model, data.x_test, data.y_test)}
 
 
-def train(params: Params, out: Path | None = None) -> Path:
+def train(params: Params) -> Path:
     """Train ``params.model`` on ``params.data``; write the best epoch to ``models/<name>.keras``."""
     data = load_dataset(params.data, params.seed)
-    out = out or trained_path(params.name)
-    used = {key: params.to_dict()[key] for key in ("name", "data", "model", "train")}
+    out = trained_path(params.name)
+    used = params.subset("name", "data", "model", "train")
     planned = make_record("train", used, params.seed, {"dataset": data.fingerprint}, dataset=data.source,
                           input_shape=list(data.input_shape), class_names=data.class_names)
     if reuse_if_current(out, planned):
