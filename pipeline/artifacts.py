@@ -104,6 +104,10 @@ def file_hash(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def text_hash(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -136,7 +140,7 @@ def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: di
     """
     versions = _versions()
     key_source = json.dumps([stage, params, seed, inputs, versions], sort_keys=True, default=str)
-    return {"stage": stage, "key": "sha256:" + hashlib.sha256(key_source.encode()).hexdigest(),
+    return {"stage": stage, "key": text_hash(key_source),
             "params": params, "seed": seed, "inputs": inputs, "versions": versions,
             "git_commit": _git_commit(), **extra}
 

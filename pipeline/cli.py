@@ -128,23 +128,61 @@ def check(params, report, gates_path, update, params_file, overrides, **_):
 
 @cli.command()
 @MODEL_OPTION
+@click.option("--untrained", is_flag=True, help="Build the architecture in params instead of loading a model.")
 @stage_options
-def summary(params, model_path, **_):
+def summary(params, model_path, untrained, **_):
     """Per-layer output shape, parameters, MACs and zero weights, with totals."""
     from .costs import model_costs, summary_table
     from .keras_io import load_model
 
-    path = model_path or require(trained_path(params.name), "mobiledeploy train")
-    click.echo(summary_table(model_costs(load_model(path))))
+    if untrained:
+        from .architectures import build
+        from .data import load_dataset
+
+        data = load_dataset(params.data, params.seed)
+        m = params.model
+        model = build(m.architecture, data.input_shape, data.num_classes, width=m.width, dropout=m.dropout,
+                      options=m.options)
+    else:
+        model = load_model(model_path or require(trained_path(params.name), "mobiledeploy train"))
+    click.echo(summary_table(model_costs(model)))
 
 
 @cli.command()
 def architectures():
-    """List the registered architectures."""
+    """List the registered architectures and their default hyperparameters."""
     from .architectures import describe
 
-    for name, doc in describe().items():
-        click.echo(f"{name:12s} {doc}")
+    for name, arch in describe().items():
+        settings = ", ".join(f"{k}={v}" for k, v in arch.hyperparameters.items())
+        click.echo(f"{name}\n  {arch.doc}\n  {settings}")
+
+
+@cli.command()
+@stage_options
+def zoo(params, **_):
+    """Train every variant in params zoo.variants with the same budget; compare costs and accuracy."""
+    from .zoo import zoo as run
+
+    run(params)
+
+
+@cli.command()
+@MODEL_OPTION
+@click.option("--image", "index", type=int, default=0, show_default=True, help="Index of the test image to draw.")
+@stage_options
+def pictures(params, model_path, index, **_):
+    """PNGs of the first convolution's filters and of a test image's feature maps after each stage."""
+    from .data import load_dataset
+    from .pictures import pictures as run
+
+    path = model_path or require(trained_path(params.name), "mobiledeploy train")
+    data = load_dataset(params.data, params.seed)
+    if not 0 <= index < len(data.x_test):
+        raise PipelineError(f"--image {index}: the test set has images 0 to {len(data.x_test) - 1}")
+    caption = f"test image {index} ({data.class_names[data.y_test[index]]})"
+    for out in run(path, data.x_test[index], caption):
+        click.echo(f"pictures: wrote {out}")
 
 
 @cli.command()

@@ -8,7 +8,7 @@ import numpy as np
 
 from .artifacts import file_hash, reuse_if_current, make_record, model_stem, pruned_path, read_record, require, \
     save_with_record, tflite_path, trained_path
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .errors import PipelineError
 from .keras_io import check_fits_data, load_model
 from .params import Params
@@ -63,25 +63,31 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
                       if data is not None else None)
     written = []
     for path, model in models:
-        stem = model_stem(path)
         pruned = (read_record(path) or {}).get("stage") == "prune"
         if data is not None:
             check_fits_data(model, data, path)
         for fmt in params.convert.formats:
-            out = tflite_path(stem, fmt)
-            used: dict = {"format": fmt}
-            inputs = {"model": file_hash(path)}
-            if fmt == "int8":  # only full-integer conversion reads data (the calibration images)
-                used.update(representative_samples=params.convert.representative_samples,
-                            data=params.section("data"))
-                inputs["dataset"] = data.fingerprint
-            planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=stem,
-                                  format=fmt, pruned=pruned)
+            out = tflite_path(model_stem(path), fmt)
+            convert_file(model, path, fmt, out, params, data, representative, pruned=pruned)
             written.append(out)
-            if reuse_if_current(out, planned):
-                print(f"convert: {out} is up to date; nothing to do", flush=True)
-                continue
-            blob = to_tflite(model, fmt, representative if fmt == "int8" else None)
-            save_with_record(out, lambda tmp: tmp.write_bytes(blob), planned)
-            print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
     return written
+
+
+def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: Dataset | None,
+                 representative: np.ndarray | None, **extra) -> Path:
+    """Convert ``model`` (loaded from ``path``) to ``out`` unless ``out`` is current; ``extra`` goes
+    into the record. ``data`` and ``representative`` are needed for full-integer int8 only."""
+    used: dict = {"format": fmt}
+    inputs = {"model": file_hash(path)}
+    if fmt == "int8":  # only full-integer conversion reads data (the calibration images)
+        used.update(representative_samples=params.convert.representative_samples, data=params.section("data"))
+        inputs["dataset"] = data.fingerprint
+    planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=model_stem(path),
+                          format=fmt, **extra)
+    if reuse_if_current(out, planned):
+        print(f"convert: {out} is up to date; nothing to do", flush=True)
+        return out
+    blob = to_tflite(model, fmt, representative if fmt == "int8" else None)
+    save_with_record(out, lambda tmp: tmp.write_bytes(blob), planned)
+    print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
+    return out

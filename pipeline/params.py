@@ -58,16 +58,19 @@ class DataParams:
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
     architecture: str = "small_cnn"
-    width: int = 32
+    width: Optional[int] = None
     dropout: float = 0.3
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        from .architectures import names  # the registry has no TensorFlow import at module level
+        from .architectures import resolve  # the registry has no TensorFlow import at module level
 
-        _check(self.architecture in names(), "model.architecture",
-               f"unknown architecture {self.architecture!r}; known: {', '.join(names())}")
-        _check(self.width >= 1, "model.width", f"must be at least 1, got {self.width}")
+        _check(self.width is None or self.width >= 1, "model.width", f"must be null or at least 1, got {self.width}")
         _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        try:
+            resolve(self.architecture, self.width, self.options)
+        except PipelineError as exc:
+            raise ParamsError(f"params: model: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,19 @@ class CheckParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ZooParams:
+    variants: list[str] = dataclasses.field(default_factory=lambda: ["small_cnn"])
+
+    def validate(self) -> None:
+        from .architectures import names
+
+        _check(len(self.variants) > 0, "zoo.variants", "must name at least one architecture")
+        for name in self.variants:
+            _check(name in names(), "zoo.variants", f"unknown architecture {name!r}; known: {', '.join(names())}")
+        _check(len(set(self.variants)) == len(self.variants), "zoo.variants", "names a variant twice")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     name: str = "fmnist_cnn"
     seed: int = 42
@@ -166,6 +182,7 @@ class Params:
     convert: ConvertParams = ConvertParams()
     validate: ValidateParams = ValidateParams()
     check: CheckParams = CheckParams()
+    zoo: ZooParams = ZooParams()
 
     def check_all(self) -> None:
         _check(bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name), "name",
@@ -198,6 +215,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(annotation)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     if annotation is type(None):
         return value is None
     if annotation is float:
@@ -215,6 +234,8 @@ def _describe(annotation: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if origin is list:
         return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return "a mapping"
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import architectures
-from .artifacts import reuse_if_current, make_record, trained_path
+from .artifacts import make_record, reuse_if_current, text_hash, trained_path
 from .data import Dataset, load_dataset
 from .keras_io import save_model
 from .params import Params
@@ -56,15 +56,18 @@ def train(params: Params) -> Path:
     """Train ``params.model`` on ``params.data``; write the best epoch to ``models/<name>.keras``."""
     data = load_dataset(params.data, params.seed)
     out = trained_path(params.name)
+    m = params.model
+    seed_everything(params.seed)
+    model = architectures.build(m.architecture, data.input_shape, data.num_classes, width=m.width,
+                                dropout=m.dropout, options=m.options)
     used = params.subset("name", "data", "model", "train")
-    planned = make_record("train", used, params.seed, {"dataset": data.fingerprint}, dataset=data.source,
+    # the built network's own description is an input: a change to a builder retrains, like a params edit
+    inputs = {"dataset": data.fingerprint, "architecture": text_hash(model.to_json())}
+    planned = make_record("train", used, params.seed, inputs, dataset=data.source,
                           input_shape=list(data.input_shape), class_names=data.class_names)
     if reuse_if_current(out, planned):
-        print(f"train: {out} is up to date (same data, params and versions); nothing to do", flush=True)
+        print(f"train: {out} is up to date (same data, params, network and versions); nothing to do", flush=True)
         return out
-    seed_everything(params.seed)
-    model = architectures.build(params.model.architecture, data.input_shape, data.num_classes,
-                                width=params.model.width, dropout=params.model.dropout)
     steps = math.ceil(len(data.x_train) / params.train.batch_size)
     compile_for_training(model, keras.optimizers.schedules.CosineDecay(params.train.learning_rate,
                                                                         steps * params.train.epochs))

@@ -1,46 +1,89 @@
-"""Plain CNNs: convolution blocks, pooling that halves the map per stage, a 1x1 bottleneck, a dense head."""
+"""One CNN family, many registered variants.
+
+A network is: stages of blocks, each stage ending in a downsampling step (max or average pooling,
+a stride-2 last block, or none); then an optional 1x1 bottleneck convolution, a flatten or
+global-average-pooling head, an optional hidden dense layer and the softmax. Stage ``i`` has
+``width * stages[i]`` filters. The first block of the network is always a plain 3x3 convolution (a
+depthwise filter over one grey channel would learn almost nothing); the others are of the kind
+``block`` names, so variants that differ only in ``block`` or ``pooling`` are the same network
+otherwise, which is what makes the comparison in ``mobiledeploy zoo`` fair.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 from . import register
 
+BLOCKS = ("conv", "separable", "bottleneck", "inverted")
+POOLING = ("max", "avg", "strided", "none")
+HEADS = ("flatten", "gap")
 
-def conv_block(x, filters: int, kernel: int, name: str, stride: int = 1):
-    """Conv (no bias: batch norm supplies it) -> BatchNorm -> ReLU, with stable layer names."""
+
+def stage_pooling(pooling, stages) -> list[str]:
+    """``pooling`` is one kind for every stage or a list with one kind per stage."""
+    return [pooling] * len(stages) if isinstance(pooling, str) else list(pooling)
+
+
+def check(hp: dict[str, Any]) -> str | None:
+    """Why these hyperparameters cannot build a network, or None."""
+    positive_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    if not positive_int(hp["width"]):
+        return f"width must be a positive integer, got {hp['width']!r}"
+    if hp["block"] not in BLOCKS:
+        return f"block must be one of {', '.join(BLOCKS)}, got {hp['block']!r}"
+    stages = hp["stages"]
+    if not isinstance(stages, (list, tuple)) or not stages or not all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in stages):
+        return f"stages must be a non-empty list of positive width multipliers, got {stages!r}"
+    if not positive_int(hp["depth"]):
+        return f"depth (blocks per stage) must be a positive integer, got {hp['depth']!r}"
+    pooling = hp["pooling"]
+    kinds = stage_pooling(pooling, stages) if isinstance(pooling, (str, list, tuple)) else [None]
+    if len(kinds) != len(stages) or any(k not in POOLING for k in kinds):
+        return (f"pooling must be one of {', '.join(POOLING)}, or a list with one of them per stage "
+                f"({len(stages)}), got {pooling!r}")
+    if hp["head"] not in HEADS:
+        return f"head must be one of {', '.join(HEADS)}, got {hp['head']!r}"
+    if not isinstance(hp["bottleneck"], (int, float)) or isinstance(hp["bottleneck"], bool) or hp["bottleneck"] < 0:
+        return f"bottleneck (1x1 channels before the head, as a multiple of width; 0 = none) must be >= 0, " \
+               f"got {hp['bottleneck']!r}"
+    for key in ("dense",):
+        if not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 0:
+            return f"{key} must be an integer >= 0, got {hp[key]!r}"
+    for key in ("ratio", "expansion"):
+        if not positive_int(hp[key]):
+            return f"{key} must be a positive integer, got {hp[key]!r}"
+    return None
+
+
+def cnn(input_shape, num_classes: int, *, name: str, dropout: float, width: int, block: str, stages, depth: int,
+        pooling, bottleneck: float, head: str, dense: int, ratio: int, expansion: int):
     from ..tf import keras
+    from .blocks import bottleneck_block, conv_block, inverted_residual_block, pool, separable_block
 
-    L = keras.layers
-    x = L.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    # momentum 0.9, not 0.99: moving statistics must settle within a few hundred steps on small data
-    x = L.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    return L.ReLU(name=f"{name}_relu")(x)
-
-
-def pool(x, kind: str | None, name: str):
-    """Halve the feature map (rounding up for odd sizes) with max or average pooling; None keeps it."""
-    from ..tf import keras
-
-    if kind is None:
-        return x
-    layer = {"max": keras.layers.MaxPooling2D, "avg": keras.layers.AveragePooling2D}[kind]
-    return layer(pool_size=2, padding="same", name=f"{name}_{kind}pool")(x)
-
-
-def cnn(input_shape, num_classes: int, *, stages: Sequence[tuple[int, str | None]], bottleneck: int,
-        dense: int, dropout: float, name: str):
-    """``stages``: (filters, pooling) per 3x3 conv stage; then a 1x1 bottleneck and the head."""
-    from ..tf import keras
-
+    make = {
+        "conv": lambda x, f, n, s: conv_block(x, f, 3, n, s),
+        "separable": separable_block,
+        "bottleneck": lambda x, f, n, s: bottleneck_block(x, f, n, s, ratio=ratio),
+        "inverted": lambda x, f, n, s: inverted_residual_block(x, f, n, s, expansion=expansion),
+    }
     L = keras.layers
     inputs = keras.Input(shape=input_shape, name="image")
     x = L.Rescaling(1.0 / 255, name="rescale")(inputs)
-    for i, (filters, kind) in enumerate(stages, start=1):
-        x = conv_block(x, filters, 3, f"stage{i}")
-        x = pool(x, kind, f"stage{i}")
-    x = conv_block(x, bottleneck, 1, "bottleneck")
-    x = L.Flatten(name="flatten")(x)
+    for i, (multiplier, kind) in enumerate(zip(stages, stage_pooling(pooling, stages)), start=1):
+        filters = max(1, round(width * multiplier))
+        for j in range(1, depth + 1):
+            prefix = f"stage{i}" if depth == 1 else f"stage{i}_{j}"
+            stride = 2 if kind == "strided" and j == depth else 1
+            first = i == 1 and j == 1
+            x = conv_block(x, filters, 3, prefix, stride) if first or block == "conv" else \
+                make[block](x, filters, prefix, stride)
+        if kind in ("max", "avg"):
+            x = pool(x, kind, f"stage{i}")
+    if bottleneck:
+        x = conv_block(x, max(1, round(width * bottleneck)), 1, "bottleneck")
+    x = L.Flatten(name="flatten")(x) if head == "flatten" else L.GlobalAveragePooling2D(name="gap")(x)
     if dense:
         x = L.Dropout(dropout, name="head_dropout1")(x)
         x = L.Dense(dense, activation="relu", name="head_dense")(x)
@@ -49,15 +92,26 @@ def cnn(input_shape, num_classes: int, *, stages: Sequence[tuple[int, str | None
     return keras.Model(inputs, outputs, name=name)
 
 
-@register("small_cnn", "3 conv stages (w, 2w, 2w; max pooling after the first two), 1x1 bottleneck to w, "
-                       "dense 128 head. ~260k params at width 32.")
-def small_cnn(input_shape, num_classes, *, width, dropout):
-    return cnn(input_shape, num_classes, stages=[(width, "max"), (2 * width, "max"), (2 * width, None)],
-               bottleneck=width, dense=128, dropout=dropout, name="small_cnn")
+def variant(name: str, doc: str, **overrides) -> None:
+    """Register a variant of the family: the defaults below, with ``overrides``."""
+    defaults = dict(width=32, block="conv", stages=[1, 2], depth=2, pooling="max", bottleneck=0.5,
+                    head="flatten", dense=0, ratio=4, expansion=4)
+    register(name, cnn, doc, check, **{**defaults, **overrides})
 
 
-@register("tiny", "For tests: two 8-filter conv stages with max pooling, 1x1 bottleneck to 4, no hidden "
-                  "dense layer. Ignores width.")
-def tiny(input_shape, num_classes, *, width, dropout):
-    return cnn(input_shape, num_classes, stages=[(8, "max"), (8, "max")], bottleneck=4, dense=0,
-               dropout=dropout, name="tiny")
+variant("small_cnn", "The default: 3 conv stages (w, 2w, 2w; max pooling after the first two), 1x1 "
+        "bottleneck to w, dense 128 head. 260k params, 6.0M MACs at width 32.",
+        stages=[1, 2, 2], depth=1, pooling=["max", "max", "none"], bottleneck=1, dense=128)
+variant("plain_cnn", "Plain conv+pool: 2 stages of two 3x3 convs (w, 2w), max pooling after each, 1x1 "
+        "bottleneck to w/2, flatten, softmax. 74k params, 18.3M MACs at width 32.")
+variant("plain_cnn_avg", "plain_cnn with average instead of max pooling.", pooling="avg")
+variant("plain_cnn_strided", "plain_cnn without pooling: each stage's last conv has stride 2 instead.",
+        pooling="strided")
+variant("bottleneck_cnn", "plain_cnn with residual bottleneck blocks (1x1 reduce by `ratio`, 3x3, 1x1 "
+        "expand, shortcut) after the first conv.", block="bottleneck", width=48)
+variant("mobile_cnn", "plain_cnn with depthwise-separable blocks (3x3 depthwise, 1x1 pointwise) after "
+        "the first conv.", block="separable", width=48)
+variant("inverted_cnn", "plain_cnn with MobileNetV2 inverted residual blocks (1x1 expand by "
+        "`expansion`, 3x3 depthwise, 1x1 linear projection) after the first conv.", block="inverted", width=48)
+variant("tiny", "For tests: two stages of one 8-filter conv, max pooling, 1x1 bottleneck to 4, softmax.",
+        width=8, depth=1, stages=[1, 1])
