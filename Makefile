@@ -13,14 +13,14 @@ BUILD := .build
 REPORT := tflite_out/report.json
 VENV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all train prune convert validate check gates test data debian-dataset clean help
+.PHONY: all train prune convert validate check gates zoo pictures test data debian-dataset clean help
 .DELETE_ON_ERROR:
 
 all: check
 
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: all train prune convert validate check gates test data clean"
+	@echo "targets: all train prune convert validate check gates zoo pictures test data clean"
 
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,14 @@ check: $(REPORT)
 # Rewrite $(GATES) from the current report: on purpose only, and commit the result.
 gates: $(REPORT)
 	$(CLI) check --update $(ARGS)
+
+# Train every variant in params zoo.variants on the same budget; table and plot in tflite_out/zoo/.
+zoo: $(VENV_STAMP) | data
+	$(CLI) zoo $(ARGS)
+
+# The first convolution's filters and a test image's feature maps, in tflite_out/pictures/.
+pictures: $(TRAINED)
+	$(CLI) pictures $(ARGS)
 
 test: $(VENV_STAMP) data
 	$(PY) -m pytest

@@ -13,7 +13,8 @@ from pipeline.params import ParamsError, load_params
 from pipeline.tf import keras
 
 KEYS = ["name", "seed", "data.source", "data.val_fraction", "data.image_size", "data.channels", "data.limit_train",
-        "model.architecture", "model.width", "model.dropout", "train.epochs", "train.learning_rate",
+        "model.architecture", "model.width", "model.dropout", "model.options",
+        "model.options.pooling", "model.options.depth", "model.options.stages", "zoo.variants", "train.epochs", "train.learning_rate",
         "prune.schedule", "prune.final_sparsity", "prune.initial_sparsity", "prune.begin_epoch", "prune.end_epoch",
         "convert.formats", "validate.threads", "check.gates", "train.nonsense", "nosection.key", "train"]
 VALUES = st.one_of(st.integers(-5, 300), st.floats(-2, 2, allow_nan=False), st.booleans(), st.none(),

@@ -54,6 +54,12 @@ def test_wrong_type_is_rejected(tmp_path):
     ("prune.end_epoch=99", r"prune\.end_epoch: must not exceed prune\.epochs"),
     ("data.test_fraction=0.95", r"must leave some training data"),
     ("name=../x", r"name: must be letters"),
+    ("model.options={pool: max}", r"model: architecture small_cnn: unknown option 'pool'; its options: .*pooling"),
+    ("model.options.pooling=min", r"pooling must be one of max, avg, strided, none"),
+    ("model.options=[1]", r"model\.options: expected a mapping"),
+    ("model.options.depth=0", r"depth \(blocks per stage\) must be a positive integer"),
+    ("zoo.variants=[vgg]", r"zoo\.variants: unknown architecture 'vgg'"),
+    ("zoo.variants=[tiny, tiny]", r"zoo\.variants: names a variant twice"),
 ])
 def test_impossible_values_are_rejected_naming_key_and_allowed_values(override, message):
     with pytest.raises(ParamsError, match=message):
