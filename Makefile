@@ -10,7 +10,6 @@ PY := $(VENV)/bin/python
 CLI := $(PY) -m pipeline
 ARGS := --params $(PARAMS)
 BUILD := .build
-REPORT := tflite_out/report.json
 VENV_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all train prune convert validate check gates zoo pictures test data debian-dataset clean help
@@ -28,8 +27,8 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TRAINED, PRUNED, TFLITE, GATES), written by the
-# CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
+# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TRAINED, PRUNED, TFLITE, REPORT, GATES), written
+# by the CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
 PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS)).mk
 $(PATHS_MK): $(PARAMS) $(VENV_STAMP)
 	@mkdir -p $(BUILD)

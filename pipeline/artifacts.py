@@ -17,8 +17,6 @@ from .errors import PipelineError
 
 MODELS_DIR = Path("models")
 OUT_DIR = Path("tflite_out")
-REPORT_JSON = OUT_DIR / "report.json"
-REPORT_MD = OUT_DIR / "report.md"
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy")
 
@@ -33,6 +31,11 @@ def pruned_path(name: str) -> Path:
 
 def tflite_path(model: str, fmt: str) -> Path:
     return OUT_DIR / f"{model}.{fmt}.tflite"
+
+
+def report_path(model: str, suffix: str = ".json") -> Path:
+    """The validation report for a config's (or a user model's) .tflite files."""
+    return OUT_DIR / f"{model}.report{suffix}"
 
 
 def record_path(artefact: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .artifacts import REPORT_JSON, pruned_path, require, tflite_path, trained_path
+from .artifacts import pruned_path, report_path, require, tflite_path, trained_path
 from .errors import PipelineError
 from .params import load_params, param_files
 
@@ -48,7 +48,7 @@ def cli():
 
     Stages read their inputs from disk and write their outputs atomically:
     train -> models/<name>.keras, prune -> models/<name>.pruned.keras,
-    convert -> tflite_out/<model>.<format>.tflite, validate -> tflite_out/report.{json,md},
+    convert -> tflite_out/<model>.<format>.tflite, validate -> tflite_out/<name>.report.{json,md},
     check -> exit status 0 or a table of regressions.
     """
 
@@ -95,15 +95,15 @@ def convert(params, model_path, **_):
 @MODEL_OPTION
 @stage_options
 def validate(params, model_path, **_):
-    """Run every .tflite in tflite_out/ (or those from --model) in LiteRT; write report.json/.md."""
+    """Run this config's .tflite files (or those from --model) in LiteRT; write <name>.report.json/.md."""
     from .validate import validate as run
 
     run(params, model_path)
 
 
 @cli.command()
-@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=str(REPORT_JSON),
-              show_default=True)
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="Report to check (default: tflite_out/<name>.report.json).")
 @click.option("--gates", "gates_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Gates file (default: params check.gates).")
 @click.option("--update", is_flag=True, help="Rewrite the gates file from the report instead of checking.")
@@ -113,6 +113,7 @@ def check(params, report, gates_path, update, params_file, overrides, **_):
     from .check import check as run, table, update_gates
 
     gates_path = gates_path or Path(params.check.gates)
+    report = report or report_path(params.name)
     if update:
         command = " ".join(["mobiledeploy check --update", f"--params {params_file}",
                             *[f"--set {o}" for o in overrides]])
@@ -197,6 +198,7 @@ def paths(params, params_file, **_):
                f"TRAINED := {trained_path(name).as_posix()}\n"
                f"PRUNED := {pruned_path(name).as_posix()}\n"
                f"TFLITE := {' '.join(tflite)}\n"
+               f"REPORT := {report_path(name).as_posix()}\n"
                f"GATES := {params.check.gates}")
 
 

@@ -1,4 +1,4 @@
-"""Stage 4: every .tflite in tflite_out/ through LiteRT: accuracy, agreement with Keras, size, latency."""
+"""Stage 4: a config's .tflite files through LiteRT: accuracy, agreement with Keras, size, latency."""
 
 from __future__ import annotations
 
@@ -9,22 +9,28 @@ from pathlib import Path
 import numpy as np
 
 from . import litert
-from .artifacts import OUT_DIR, REPORT_JSON, REPORT_MD, read_record, write_json, write_text
+from .artifacts import OUT_DIR, model_stem, read_record, report_path, tflite_path, write_json, write_text
 from .costs import model_costs, totals
 from .data import load_dataset
 from .errors import PipelineError
 from .params import FORMATS, Params
 
 
-def discover(out_dir: Path, keras_model: Path | None = None) -> list[Path]:
-    """The .tflite files to validate: all of them, or those converted from ``keras_model``."""
-    files = sorted(out_dir.glob("*.tflite"))
-    if keras_model is not None:
+def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> list[Path]:
+    """The .tflite files to validate: this config's (its trained and pruned models in every format
+    of params), or all those converted from ``keras_model``."""
+    if keras_model is None:
+        stems = (params.name, f"{params.name}.pruned")
+        files = [f for stem in stems for fmt in params.convert.formats
+                 if (f := out_dir / tflite_path(stem, fmt).name).is_file()]
+        what, made_by = f"of {params.name}", "mobiledeploy convert"
+    else:
         wanted = keras_model.resolve()
-        files = [f for f in files if Path((read_record(f) or {}).get("keras_model", "")).resolve() == wanted]
+        files = [f for f in sorted(out_dir.glob("*.tflite"))
+                 if Path((read_record(f) or {}).get("keras_model", "")).resolve() == wanted]
+        what, made_by = f"converted from {keras_model}", f"mobiledeploy convert --model {keras_model}"
     if not files:
-        what = f"converted from {keras_model}" if keras_model else "to validate"
-        raise PipelineError(f"no .tflite files {what} in {out_dir}; they are made by `mobiledeploy convert`")
+        raise PipelineError(f"no .tflite files {what} in {out_dir}; they are made by `{made_by}`")
     return files
 
 
@@ -82,8 +88,8 @@ def validate_one(path: Path, params: Params, x_test: np.ndarray, y_test: np.ndar
 
 
 def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
-    """Validate the .tflite files and write report.json and report.md."""
-    files = discover(out_dir, keras_model)
+    """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them."""
+    files = discover(params, keras_model, out_dir)
     data = load_dataset(params.data, params.seed)
     parents = KerasParents(data.x_test)
     entries = []
@@ -94,10 +100,12 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
     report = {"dataset": data.source, "test_examples": len(data.y_test), "artefacts": entries}
-    write_json(out_dir / REPORT_JSON.name, report)
-    write_text(out_dir / REPORT_MD.name, markdown(report))
-    print(f"validate: {len(entries)} artefacts -> {out_dir / REPORT_JSON.name}, {out_dir / REPORT_MD.name}")
-    return out_dir / REPORT_JSON.name
+    name = params.name if keras_model is None else model_stem(keras_model)
+    json_path, md_path = (out_dir / report_path(name, suffix).name for suffix in (".json", ".md"))
+    write_json(json_path, report)
+    write_text(md_path, markdown(report))
+    print(f"validate: {len(entries)} artefacts -> {json_path}, {md_path}")
+    return json_path
 
 
 def _pct(value) -> str:

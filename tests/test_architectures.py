@@ -119,6 +119,8 @@ def test_every_architecture_prunes_and_converts_to_full_integer(name, tmp_path):
     _, stripped, _ = prune_model(model, DATA, p, seed=0)
     pruned = [c for c in model_costs(stripped) if c.kind in ("Conv2D", "Dense") and c.prunable > 20]
     assert pruned and all(c.zeros / c.prunable == pytest.approx(0.5, abs=0.06) for c in pruned)
+    # TF-MOT wraps depthwise convolutions but prunes none of their weights (README, "Architectures")
+    assert all(c.zeros == 0 for c in model_costs(stripped) if c.kind == "DepthwiseConv2D")
     path = tmp_path / "m.int8.tflite"
     path.write_bytes(to_tflite(stripped, "int8", representative_data(DATA.x_train, 30, seed=0)))
     predictions, _ = litert.evaluate(path, DATA.x_test, 16, [1], warmup=1, runs=200)

@@ -80,15 +80,15 @@ def test_models_that_cannot_be_loaded_safely_are_refused(copy_of_smoke, layer, m
 @pytest.mark.bad_input(".tflite files")
 def test_a_truncated_tflite_fails_validation_cleanly(copy_of_smoke):
     good = (copy_of_smoke / "tflite_out" / "smoke.int8.tflite").read_bytes()
-    (copy_of_smoke / "tflite_out" / "cut.int8.tflite").write_bytes(good[: len(good) // 2])
+    (copy_of_smoke / "tflite_out" / "smoke.pruned.int8.tflite").write_bytes(good[: len(good) // 2])
     before = snapshot(copy_of_smoke)
-    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "cut.int8.tflite")
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "smoke.pruned.int8.tflite")
     assert snapshot(copy_of_smoke) == before
 
 
 @pytest.mark.bad_input(".tflite files")
 def test_a_valid_tflite_with_the_wrong_input_shape_fails_validation_cleanly(copy_of_smoke):
     model = architectures.build("tiny", (12, 12, 1), 10)
-    (copy_of_smoke / "tflite_out" / "small.float32.tflite").write_bytes(to_tflite(model, "float32"))
-    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "small.float32.tflite",
+    (copy_of_smoke / "tflite_out" / "smoke.float32.tflite").write_bytes(to_tflite(model, "float32"))
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "smoke.float32.tflite",
                   "does not match the data's (28, 28, 1)")

@@ -12,8 +12,8 @@ from pipeline.artifacts import atomic_path
 FORMATS = {"float32", "float16", "dynamic_int8", "int8"}
 
 
-def report(project: Path) -> dict:
-    return json.loads((project / "tflite_out" / "report.json").read_text())
+def report(project: Path, name: str = "smoke") -> dict:
+    return json.loads((project / "tflite_out" / f"{name}.report.json").read_text())
 
 
 def test_smoke_run_writes_every_artefact_and_a_complete_report(smoke_project):
@@ -27,7 +27,7 @@ def test_smoke_run_writes_every_artefact_and_a_complete_report(smoke_project):
         lat = e["latency_ms"]
         assert lat["threads"] == 1 and lat["runs"] >= 200 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert e["params"] > 0 and e["macs"] > 0
-    assert "| smoke.int8.tflite |" in (smoke_project / "tflite_out" / "report.md").read_text()
+    assert "| smoke.int8.tflite |" in (smoke_project / "tflite_out" / "smoke.report.md").read_text()
 
 
 def test_int8_tflite_agrees_with_keras_on_98_percent_of_smoke_inputs(smoke_project):
@@ -82,7 +82,7 @@ def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
                  "--set", "convert.formats=[float32, int8]"]
     for stage in ("train", "prune", "convert", "validate"):
         run_cli(stage, *SMOKE, *overrides, cwd=project)
-    entries = report(project)["artefacts"]
+    entries = report(project, "mine")["artefacts"]
     assert {Path(e["file"]).name for e in entries} == {
         "mine.float32.tflite", "mine.int8.tflite", "mine.pruned.float32.tflite", "mine.pruned.int8.tflite"}
     assert all(0 <= e["accuracy"] <= 1 and e["keras_agreement"] is not None for e in entries)
@@ -123,9 +123,9 @@ def test_a_pruned_model_is_refused_where_a_trained_one_is_expected(copy_of_smoke
 @pytest.mark.bad_input(".tflite files")
 @pytest.mark.parametrize("content", [b"TFL3" + bytes(range(256)) * 4, b""], ids=["random", "empty"])
 def test_a_broken_tflite_fails_validation_cleanly_and_keeps_the_report(copy_of_smoke, content):
-    (copy_of_smoke / "tflite_out" / "broken.int8.tflite").write_bytes(content)
+    (copy_of_smoke / "tflite_out" / "smoke.pruned.int8.tflite").write_bytes(content)
     before = snapshot(copy_of_smoke)
-    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "broken.int8.tflite")
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "smoke.pruned.int8.tflite")
     assert snapshot(copy_of_smoke) == before
 
 
@@ -157,6 +157,6 @@ def test_your_own_model_goes_through_prune_convert_and_validate(copy_of_smoke):
     for stage in ("prune", "convert", "validate"):
         run_cli(stage, *SMOKE, "--model", "mine.keras", cwd=copy_of_smoke)
     assert (copy_of_smoke / "models" / "mine.pruned.keras").is_file()
-    entries = report(copy_of_smoke)["artefacts"]
+    entries = report(copy_of_smoke, "mine")["artefacts"]
     assert {(e["model"], e["format"]) for e in entries} == {("mine", f) for f in FORMATS}
     assert all(e["keras_agreement"] >= 0.98 for e in entries)

@@ -63,9 +63,10 @@ def resolve(name: str, width: int | None = None, options: dict[str, Any] | None 
 
 
 def build(name: str, input_shape: tuple[int, int, int], num_classes: int, *, width: int | None = None,
-          dropout: float = 0.3, options: dict[str, Any] | None = None):
+          dropout: float = 0.3, options: dict[str, Any] | None = None, tasks: tuple[str, ...] = ()):
+    """The model; with ``tasks``, one head per task and a dict output keyed by task name."""
     hp = resolve(name, width, options)
-    return get(name).builder(input_shape, num_classes, name=name, dropout=dropout, **hp)
+    return get(name).builder(input_shape, num_classes, name=name, dropout=dropout, tasks=tuple(tasks), **hp)
 
 
 from . import cnn  # noqa: E402,F401  (registers the CNN family)

@@ -18,6 +18,7 @@ from . import register
 BLOCKS = ("conv", "separable", "bottleneck", "inverted")
 POOLING = ("max", "avg", "strided", "none")
 HEADS = ("flatten", "gap")
+SHARING = ("hard", "soft")
 
 
 def stage_pooling(pooling, stages) -> list[str]:
@@ -43,6 +44,8 @@ def check(hp: dict[str, Any]) -> str | None:
     if len(kinds) != len(stages) or any(k not in POOLING for k in kinds):
         return (f"pooling must be one of {', '.join(POOLING)}, or a list with one of them per stage "
                 f"({len(stages)}), got {pooling!r}")
+    if hp["sharing"] not in SHARING:
+        return f"sharing (multi-task data only) must be one of {', '.join(SHARING)}, got {hp['sharing']!r}"
     if hp["head"] not in HEADS:
         return f"head must be one of {', '.join(HEADS)}, got {hp['head']!r}"
     if not isinstance(hp["bottleneck"], (int, float)) or isinstance(hp["bottleneck"], bool) or hp["bottleneck"] < 0:
@@ -58,7 +61,11 @@ def check(hp: dict[str, Any]) -> str | None:
 
 
 def cnn(input_shape, num_classes: int, *, name: str, dropout: float, width: int, block: str, stages, depth: int,
-        pooling, bottleneck: float, head: str, dense: int, ratio: int, expansion: int):
+        pooling, bottleneck: float, head: str, dense: int, ratio: int, expansion: int, sharing: str,
+        tasks: tuple[str, ...] = ()):
+    """The network; with ``tasks``, one softmax head per task (named after it) and a dict output:
+    ``sharing="hard"`` puts every head on one trunk, ``"soft"`` gives each task a tower of its own
+    (layers prefixed ``<task>_``)."""
     from ..tf import keras
     from .blocks import bottleneck_block, conv_block, inverted_residual_block, pool, separable_block
 
@@ -69,33 +76,45 @@ def cnn(input_shape, num_classes: int, *, name: str, dropout: float, width: int,
         "inverted": lambda x, f, n, s: inverted_residual_block(x, f, n, s, expansion=expansion),
     }
     L = keras.layers
+
+    def trunk(x, p: str):
+        for i, (multiplier, kind) in enumerate(zip(stages, stage_pooling(pooling, stages)), start=1):
+            filters = max(1, round(width * multiplier))
+            for j in range(1, depth + 1):
+                prefix = f"{p}stage{i}" if depth == 1 else f"{p}stage{i}_{j}"
+                stride = 2 if kind == "strided" and j == depth else 1
+                first = i == 1 and j == 1
+                x = conv_block(x, filters, 3, prefix, stride) if first or block == "conv" else \
+                    make[block](x, filters, prefix, stride)
+            if kind in ("max", "avg"):
+                x = pool(x, kind, f"{p}stage{i}")
+        if bottleneck:
+            x = conv_block(x, max(1, round(width * bottleneck)), 1, f"{p}bottleneck")
+        return L.Flatten(name=f"{p}flatten")(x) if head == "flatten" else L.GlobalAveragePooling2D(name=f"{p}gap")(x)
+
+    def classifier(x, p: str, out: str):
+        if dense:
+            x = L.Dropout(dropout, name=f"{p}head_dropout1")(x)
+            x = L.Dense(dense, activation="relu", name=f"{p}head_dense")(x)
+        x = L.Dropout(dropout, name=f"{p}head_dropout")(x)
+        return L.Dense(num_classes, activation="softmax", name=out)(x)
+
     inputs = keras.Input(shape=input_shape, name="image")
     x = L.Rescaling(1.0 / 255, name="rescale")(inputs)
-    for i, (multiplier, kind) in enumerate(zip(stages, stage_pooling(pooling, stages)), start=1):
-        filters = max(1, round(width * multiplier))
-        for j in range(1, depth + 1):
-            prefix = f"stage{i}" if depth == 1 else f"stage{i}_{j}"
-            stride = 2 if kind == "strided" and j == depth else 1
-            first = i == 1 and j == 1
-            x = conv_block(x, filters, 3, prefix, stride) if first or block == "conv" else \
-                make[block](x, filters, prefix, stride)
-        if kind in ("max", "avg"):
-            x = pool(x, kind, f"stage{i}")
-    if bottleneck:
-        x = conv_block(x, max(1, round(width * bottleneck)), 1, "bottleneck")
-    x = L.Flatten(name="flatten")(x) if head == "flatten" else L.GlobalAveragePooling2D(name="gap")(x)
-    if dense:
-        x = L.Dropout(dropout, name="head_dropout1")(x)
-        x = L.Dense(dense, activation="relu", name="head_dense")(x)
-    x = L.Dropout(dropout, name="head_dropout")(x)
-    outputs = L.Dense(num_classes, activation="softmax", name="predictions")(x)
+    if not tasks:
+        outputs = classifier(trunk(x, ""), "", "predictions")
+    elif sharing == "hard":
+        shared = trunk(x, "")
+        outputs = {task: classifier(shared, f"{task}_", task) for task in tasks}
+    else:
+        outputs = {task: classifier(trunk(x, f"{task}_"), f"{task}_", task) for task in tasks}
     return keras.Model(inputs, outputs, name=name)
 
 
 def variant(name: str, doc: str, **overrides) -> None:
     """Register a variant of the family: the defaults below, with ``overrides``."""
     defaults = dict(width=32, block="conv", stages=[1, 2], depth=2, pooling="max", bottleneck=0.5,
-                    head="flatten", dense=0, ratio=4, expansion=4)
+                    head="flatten", dense=0, ratio=4, expansion=4, sharing="hard")
     register(name, cnn, doc, check, **{**defaults, **overrides})
 
 
@@ -112,6 +131,6 @@ variant("bottleneck_cnn", "plain_cnn with residual bottleneck blocks (1x1 reduce
 variant("mobile_cnn", "plain_cnn with depthwise-separable blocks (3x3 depthwise, 1x1 pointwise) after "
         "the first conv.", block="separable", width=48)
 variant("inverted_cnn", "plain_cnn with MobileNetV2 inverted residual blocks (1x1 expand by "
-        "`expansion`, 3x3 depthwise, 1x1 linear projection) after the first conv.", block="inverted", width=48)
+        "`expansion`, 3x3 depthwise, 1x1 linear projection) after the first conv.", block="inverted", width=24)
 variant("tiny", "For tests: two stages of one 8-filter conv, max pooling, 1x1 bottleneck to 4, softmax.",
         width=8, depth=1, stages=[1, 1])
