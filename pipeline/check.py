@@ -36,6 +36,20 @@ GATES: dict[str, tuple[Callable[[dict], Any], bool]] = {
 }
 
 
+TASK_GATES = ("min_accuracy", "min_agreement", "max_drop")  # also per task: "<gate>:<task>"
+
+
+def reader(gate: str) -> tuple[Callable[[dict], Any], bool] | None:
+    """(read, at_least) for a gate name; ``<gate>:<task>`` reads that task's numbers of a multi-task entry."""
+    base, _, task = gate.partition(":")
+    if base not in GATES or (task and base not in TASK_GATES):
+        return None
+    read, at_least = GATES[base]
+    if not task:
+        return read, at_least
+    return (lambda e: read(e["tasks"][task]) if task in e.get("tasks", {}) else None), at_least
+
+
 def load_gates(path: Path) -> dict[str, dict[str, float]]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -51,8 +65,9 @@ def load_gates(path: Path) -> dict[str, dict[str, float]]:
         if not isinstance(limits, dict):
             raise PipelineError(f"gates file {path}: {file}: expected a mapping of gate -> limit")
         for gate, limit in limits.items():
-            if gate not in GATES:
-                raise PipelineError(f"gates file {path}: {file}: unknown gate {gate!r}; known: {', '.join(GATES)}")
+            if reader(gate) is None:
+                raise PipelineError(f"gates file {path}: {file}: unknown gate {gate!r}; known: {', '.join(GATES)}, "
+                                    f"and per task {', '.join(f'{g}:<task>' for g in TASK_GATES)}")
             if not isinstance(limit, (int, float)) or isinstance(limit, bool):
                 raise PipelineError(f"gates file {path}: {file}: {gate}: expected a number, got {limit!r}")
     return gates
@@ -68,7 +83,7 @@ def violations(report: dict, gates: dict[str, dict[str, float]]) -> list[Violati
             found.append(Violation(file, "present in report", None, None))
             continue
         for gate, limit in limits.items():
-            read, at_least = GATES[gate]
+            read, at_least = reader(gate)
             value = read(entry)
             if value is None or (value < limit if at_least else value > limit):
                 found.append(Violation(file, gate, limit, value))
@@ -102,6 +117,11 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
         drop = _drop(e)
         if drop is not None:
             g["max_drop"] = round(max(drop, 0.0) + margins.drop_margin, 4)
+        for task, numbers in e.get("tasks", {}).items():  # a change that hurts one task fails on its own
+            g[f"min_accuracy:{task}"] = round(numbers["accuracy"] - margins.accuracy_margin, 4)
+            task_drop = _drop(numbers)
+            if task_drop is not None:
+                g[f"max_drop:{task}"] = round(max(task_drop, 0.0) + margins.drop_margin, 4)
         g["max_size_bytes"] = int(e["size_bytes"] * (1 + margins.size_margin))
         g["max_gzip_bytes"] = int(e["gzip_bytes"] * (1 + margins.size_margin))
         gates[e["file"]] = g
@@ -113,7 +133,7 @@ def update_gates(report_path: Path, gates_path: Path, margins: CheckParams, comm
     report = read_json(report_path)
     gates = gates_from_report(report, margins)
     header = (f"# Accuracy-regression gates, written by `{command}` on {datetime.date.today()}\n"
-              f"# from {report_path} ({report['dataset']}, {report['test_examples']} test examples).\n"
+              f"# from {report_path} ({report['dataset'].split(' (')[0]}, {report['test_examples']} test examples).\n"
               f"# Room for noise (params.check): accuracy -{margins.accuracy_margin}, drop vs Keras "
               f"+{margins.drop_margin}, size and gzipped size +{margins.size_margin:.0%}.\n"
               "# Edit by hand only to tighten or loosen a gate on purpose; say why in the commit.\n")

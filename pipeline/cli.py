@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .artifacts import pruned_path, report_path, require, tflite_path, trained_path
+from .artifacts import pruned_path, report_path, require, tflite_path, trained_path, write_bytes
 from .errors import PipelineError
 from .params import load_params, param_files
 
@@ -166,6 +166,31 @@ def zoo(params, **_):
     from .zoo import zoo as run
 
     run(params)
+
+
+@cli.command("mtl-compare")
+@stage_options
+def mtl_compare(params, **_):
+    """Single-task baselines, hard and soft sharing (L2, trace norm), uncertainty weighting: one table."""
+    from .mtl import mtl_compare as run
+
+    run(params)
+
+
+@cli.command()
+@click.option("--count", type=int, default=24, show_default=True, help="How many training images to draw.")
+@stage_options
+def samples(params, count, **_):
+    """A PNG grid of training images with their labels (one per task), to look at the data."""
+    from .data import load_dataset
+    from .pictures import PICTURES_DIR, samples_png
+
+    if not 1 <= count <= 200:
+        raise PipelineError(f"--count {count}: draw between 1 and 200 images")
+    data = load_dataset(params.data, params.seed)
+    out = PICTURES_DIR / f"{params.name}.samples.png"
+    write_bytes(out, samples_png(data, count))
+    click.echo(f"samples: wrote {out}")
 
 
 @cli.command()

@@ -37,10 +37,17 @@ def save_model(model, path: Path, record: dict[str, Any]) -> None:
 
 
 def check_fits_data(model, data, path: Path) -> None:
-    """Refuse a model whose input shape or number of classes does not match the dataset."""
+    """Refuse a model whose input shape, outputs (one per task) or number of classes do not match the dataset."""
     expected = tuple(model.input_shape[1:])
     if expected != data.input_shape:
         raise PipelineError(f"{path}: model input shape {expected} does not match the data's {data.input_shape}")
-    classes = model.output_shape[-1]
-    if classes != data.num_classes:
-        raise PipelineError(f"{path}: model predicts {classes} classes, the data has {data.num_classes}")
+    names = list(model.output_names)
+    if data.tasks and sorted(names) != sorted(data.tasks):
+        raise PipelineError(f"{path}: model outputs ({', '.join(names)}) are not the data's tasks "
+                            f"({', '.join(data.tasks)})")
+    if not data.tasks and len(names) != 1:
+        raise PipelineError(f"{path}: model has {len(names)} outputs ({', '.join(names)}); the data has one task")
+    for name, output in zip(names, model.outputs):
+        if output.shape[-1] != data.num_classes:
+            raise PipelineError(f"{path}: output {name} predicts {output.shape[-1]} classes, the data has "
+                                f"{data.num_classes}")

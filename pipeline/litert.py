@@ -41,6 +41,16 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
+def _signature_names(interp) -> dict[int, str]:
+    """Output tensor index -> the name the model's signature gives it (a task name for a multi-task
+    model); empty for a file without a signature."""
+    try:
+        runner = interp.get_signature_runner()
+    except ValueError:
+        return {}
+    return {detail["index"]: name for name, detail in runner.get_output_details().items()}
+
+
 def predict(path: str, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Class predictions for every output of the model, batched; output name -> labels."""
     interp = _interpreter(path, 0)
@@ -53,7 +63,8 @@ def predict(path: str, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     outputs = interp.get_output_details()
-    labels: dict[str, list[np.ndarray]] = {o["name"]: [] for o in outputs}
+    names = _signature_names(interp)
+    labels: dict[str, list[np.ndarray]] = {names.get(o["index"], o["name"]): [] for o in outputs}
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)]) if len(chunk) < batch \
@@ -62,7 +73,7 @@ def predict(path: str, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         interp.invoke()
         for o in outputs:
             scores = _dequantize(interp.get_tensor(o["index"]), o)[: len(chunk)]
-            labels[o["name"]].append(np.argmax(scores, axis=-1))
+            labels[names.get(o["index"], o["name"])].append(np.argmax(scores, axis=-1))
     return {name: np.concatenate(parts) for name, parts in labels.items()}
 
 

@@ -20,6 +20,7 @@ import yaml
 from .errors import PipelineError
 
 FORMATS = ("float32", "float16", "dynamic_int8", "int8")
+MULTIFASHION_TASKS = ("top_left", "bottom_right")  # the tasks of data.source multifashion
 
 
 class ParamsError(PipelineError):
@@ -33,7 +34,7 @@ def _check(cond: bool, key: str, message: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DataParams:
-    source: Literal["fashion_mnist", "folder"] = "fashion_mnist"
+    source: Literal["fashion_mnist", "multifashion", "folder"] = "fashion_mnist"
     dir: Optional[str] = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -41,6 +42,7 @@ class DataParams:
     channels: Literal[1, 3] = 1
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
+    tasks: Optional[list[str]] = None
 
     def validate(self) -> None:
         _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
@@ -53,6 +55,11 @@ class DataParams:
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)
             _check(value is None or value >= 10, f"data.{key}", f"must be null or at least 10, got {value}")
+        if self.tasks is not None:
+            _check(self.source == "multifashion", "data.tasks", "only a multi-task source (multifashion) has tasks")
+            _check(len(self.tasks) > 0 and set(self.tasks) <= set(MULTIFASHION_TASKS)
+                   and len(set(self.tasks)) == len(self.tasks), "data.tasks",
+                   f"must be null or a list of distinct tasks among {', '.join(MULTIFASHION_TASKS)}; got {self.tasks}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +85,20 @@ class TrainParams:
     epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 1e-3
+    task_weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    sharing_penalty: Literal["l2", "trace"] = "l2"
+    sharing_coefficient: float = 0.0
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         _check(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
+        for task, weight in self.task_weights.items():
+            _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0,
+                   f"train.task_weights.{task}", f"must be a number >= 0, got {weight!r}")
+        _check(self.sharing_coefficient >= 0, "train.sharing_coefficient",
+               f"must be at least 0, got {self.sharing_coefficient}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,12 +207,23 @@ class Params:
             value = getattr(self, field.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        tasks = self.data.tasks or (MULTIFASHION_TASKS if self.data.source == "multifashion" else [])
+        for task in self.train.task_weights:
+            _check(task in tasks, f"train.task_weights.{task}",
+                   f"not a task of the data; its tasks: {', '.join(tasks)}" if tasks else
+                   f"{self.data.source} has a single task; task weights need multi-task data (multifashion)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def section(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))
+
+    def overlay(self, changes: dict[str, Any]) -> "Params":
+        """These params with ``changes`` (nested like the YAML) merged in, checked like a loaded file."""
+        params = _build(Params, _merge(self.to_dict(), changes), "")
+        params.check_all()
+        return params
 
     def subset(self, *names: str) -> dict[str, Any]:
         """The named top-level keys and sections: the params one stage uses (its record and key)."""

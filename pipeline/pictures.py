@@ -94,6 +94,26 @@ def features_png(model, image: np.ndarray, caption: str) -> bytes:
     return _png(fig)
 
 
+def samples_png(data, count: int) -> bytes:
+    """The first ``count`` training images in a grid, each titled with its label (per task)."""
+    plt = _pyplot()
+    count = min(count, len(data.x_train))
+    cols = min(8, count)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows + 0.4), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= count:
+            continue
+        image = data.x_train[i]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        labels = data.y_train[i] if data.tasks else [data.y_train[i]]
+        ax.set_title("\n".join(data.class_names[int(label)] for label in labels), fontsize=6)
+    tasks = f" (labels: {', '.join(data.tasks)})" if data.tasks else ""
+    fig.suptitle(f"{data.source.split(' (')[0]}: {count} training images{tasks}", fontsize=9)
+    return _png(fig)
+
+
 def pictures(model_path: Path, image: np.ndarray, caption: str, out_dir: Path = PICTURES_DIR) -> list[Path]:
     from .keras_io import load_model
 

@@ -11,10 +11,11 @@ from .costs import layer_cost, model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
 from .keras_io import check_fits_data, load_model, save_model
-from .params import Params, PruneParams
+from .multitask import tower_groups
+from .params import Params, PruneParams, TrainParams
 from .tf import keras, tf, tfmot
 from .resume import backup_dir, finish, fit_resumable
-from .train import as_dataset, compile_for_training, seed_everything, split_accuracies
+from .train import as_dataset, fit_target, seed_everything, split_accuracies
 
 sparsity = tfmot.sparsity.keras
 
@@ -59,19 +60,22 @@ class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"rate": self.rate, "hold": self.hold, "decay": self.decay}
 
 
-def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path | None = None, key: str = ""):
+def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path | None = None, key: str = "",
+                train_p: TrainParams = TrainParams()):
     """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, KeepBest).
 
     The weights kept are those of the best validation epoch among the epochs that end at the final
-    sparsity, so the model never trades sparsity for accuracy.
+    sparsity, so the model never trades sparsity for accuracy. A multi-task model is fine-tuned with
+    the task weighting of ``train_p`` and, if it has task towers, their soft-sharing penalty.
     """
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / p.batch_size)
     wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights)
     hold = p.end_epoch * steps
-    compile_for_training(wrapped, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
-    keep = fit_resumable(wrapped, as_dataset(data.x_train, data.y_train, p.batch_size, seed),
-                         as_dataset(data.x_val, data.y_val, 500), p.epochs, state_dir, key,
+    soft = bool(data.tasks) and bool(tower_groups(model, data.tasks))
+    target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold), soft)
+    keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), p.batch_size, seed),
+                         as_dataset(data.x_val, data.labels(data.y_val), 500), p.epochs, state_dir, key,
                          callbacks=[sparsity.UpdatePruningStep()], first_best_epoch=p.end_epoch - 1)
     return wrapped, sparsity.strip_pruning(wrapped), keep
 
@@ -88,6 +92,10 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     check_fits_data(model, data, source)
     out = pruned_path(model_stem(source))
     used = params.subset("data", "prune")
+    if data.tasks:  # a multi-task model is fine-tuned with the training's task weighting and penalty
+        t = params.train
+        used["multitask"] = {"task_weights": t.task_weights, "loss_weighting": t.loss_weighting,
+                             "sharing_penalty": t.sharing_penalty, "sharing_coefficient": t.sharing_coefficient}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     if reuse_if_current(out, planned):
@@ -98,7 +106,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
           flush=True)
     start = time.perf_counter()
     state = backup_dir(out)
-    _, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"])
+    _, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"], params.train)
     costs = model_costs(stripped)
     metrics = {**split_accuracies(stripped, data), "finetune_seconds": round(time.perf_counter() - start, 1),
                "sparsity": totals(costs)["sparsity"],

@@ -11,7 +11,7 @@ import numpy as np
 from . import litert
 from .artifacts import OUT_DIR, model_stem, read_record, report_path, tflite_path, write_json, write_text
 from .costs import model_costs, totals
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .errors import PipelineError
 from .params import FORMATS, Params
 
@@ -60,30 +60,54 @@ class KerasParents:
         return self._cache[path]
 
 
-def validate_one(path: Path, params: Params, x_test: np.ndarray, y_test: np.ndarray,
-                 parents: KerasParents) -> dict:
+def _by_task(labels, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Predictions keyed by task ("label" for a single-task model)."""
+    return labels if isinstance(labels, dict) else {tasks[0] if tasks else "label": labels}
+
+
+def validate_one(path: Path, params: Params, data: Dataset, parents: KerasParents) -> dict:
     record = read_record(path) or {}
     model, fmt = parse_name(path)
     v = params.validate
-    predictions, latencies = litert.evaluate(path, x_test, v.batch_size, v.threads, v.warmup_runs, v.latency_runs)
-    if len(predictions) != 1:
-        raise PipelineError(f"{path}: has {len(predictions)} outputs; single-output classifiers only")
-    (labels,) = predictions.values()
+    predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, v.threads, v.warmup_runs,
+                                             v.latency_runs)
+    heads = data.tasks or ("label",)
+    if sorted(predictions) != sorted(heads) and not (len(heads) == 1 and len(predictions) == 1):
+        raise PipelineError(f"{path}: outputs {', '.join(sorted(predictions))} do not match the data's "
+                            f"{'tasks ' + ', '.join(heads) if data.tasks else 'single label'}")
+    if len(heads) == 1:
+        predictions = {heads[0]: next(iter(predictions.values()))}
+    truth = {task: (data.y_test[:, i] if data.tasks else data.y_test) for i, task in enumerate(heads)}
+    parent = parents.get(record["keras_model"]) if record.get("keras_model") else None
+    keras_labels = _by_task(parent[0], data.tasks) if parent else {}
+    per_task = {}
+    for task in heads:
+        found = {"accuracy": round(float(np.mean(predictions[task] == truth[task])), 5),
+                 "keras_accuracy": None, "keras_agreement": None}
+        if parent:
+            found.update(keras_accuracy=round(float(np.mean(keras_labels[task] == truth[task])), 5),
+                         keras_agreement=round(float(np.mean(keras_labels[task] == predictions[task])), 5))
+        per_task[task] = found
+
+    def mean(key):
+        values = [t[key] for t in per_task.values()]
+        return None if None in values else round(float(np.mean(values)), 5)
+
     blob = path.read_bytes()
     entry = {
         "file": path.as_posix(), "model": record.get("model", model), "format": record.get("format", fmt),
-        "pruned": bool(record.get("pruned", False)), "accuracy": round(float(np.mean(labels == y_test)), 5),
-        "keras_model": record.get("keras_model"), "keras_accuracy": None, "keras_agreement": None,
+        "pruned": bool(record.get("pruned", False)), "accuracy": mean("accuracy"),
+        "keras_model": record.get("keras_model"), "keras_accuracy": mean("keras_accuracy"),
+        "keras_agreement": mean("keras_agreement"),
         "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
         "latency_ms": latencies[0], "latency_by_threads": latencies,
         "params": None, "macs": None, "sparsity": None,
     }
-    parent = parents.get(record["keras_model"]) if record.get("keras_model") else None
+    if data.tasks:  # the headline numbers above are means over the tasks
+        entry["tasks"] = per_task
     if parent is not None:
-        keras_labels, cost = parent
-        entry.update(keras_accuracy=round(float(np.mean(keras_labels == y_test)), 5),
-                     keras_agreement=round(float(np.mean(keras_labels == labels)), 5),
-                     params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))
+        cost = parent[1]
+        entry.update(params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))
     return entry
 
 
@@ -95,7 +119,7 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     entries = []
     for path in files:
         start = time.perf_counter()
-        entry = validate_one(path, params, data.x_test, data.y_test, parents)
+        entry = validate_one(path, params, data, parents)
         entries.append(entry)
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
@@ -131,4 +155,12 @@ def markdown(report: dict) -> str:
             f"| {_pct(e['keras_agreement'])} | {e['size_bytes']:,} | {e['gzip_bytes']:,} "
             f"| {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | {many['p50']:.3f} ({many['threads']}) "
             f"| {_int(e['params'])} | {_int(e['macs'])} | {_pct(e['sparsity'])} |")
+    tasks = [t for t in report["artefacts"][0].get("tasks", {})] if report["artefacts"] else []
+    if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
+        lines += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n",
+                  "| file | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for e in report["artefacts"]:
+            cells = [" / ".join(_pct(e["tasks"][t][k]) for k in ("accuracy", "keras_accuracy", "keras_agreement"))
+                     for t in tasks]
+            lines.append(f"| {Path(e['file']).name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,9 @@ from pipeline.tf import keras
 
 KEYS = ["name", "seed", "data.source", "data.val_fraction", "data.image_size", "data.channels", "data.limit_train",
         "model.architecture", "model.width", "model.dropout", "model.options",
-        "model.options.pooling", "model.options.depth", "model.options.stages", "zoo.variants", "train.epochs", "train.learning_rate",
+        "model.options.pooling", "model.options.depth", "model.options.stages", "zoo.variants",
+        "data.tasks", "train.task_weights", "train.task_weights.top_left", "train.loss_weighting",
+        "train.sharing_coefficient", "train.epochs", "train.learning_rate",
         "prune.schedule", "prune.final_sparsity", "prune.initial_sparsity", "prune.begin_epoch", "prune.end_epoch",
         "convert.formats", "validate.threads", "check.gates", "train.nonsense", "nosection.key", "train"]
 VALUES = st.one_of(st.integers(-5, 300), st.floats(-2, 2, allow_nan=False), st.booleans(), st.none(),

@@ -49,7 +49,7 @@ def test_wrong_type_is_rejected(tmp_path):
     ("model.architecture=resnet999", r"unknown architecture 'resnet999'; known: .*small_cnn"),
     ("convert.formats=[int4]", r"unknown format 'int4'"),
     ("validate.latency_runs=10", r"at least 200"),
-    ("data.source=csv", r"data\.source: expected one of 'fashion_mnist', 'folder'"),
+    ("data.source=csv", r"data\.source: expected one of 'fashion_mnist', 'multifashion', 'folder'"),
     ("prune.initial_sparsity=0.9", r"prune\.initial_sparsity: must not exceed final_sparsity"),
     ("prune.end_epoch=99", r"prune\.end_epoch: must not exceed prune\.epochs"),
     ("data.test_fraction=0.95", r"must leave some training data"),
@@ -60,6 +60,10 @@ def test_wrong_type_is_rejected(tmp_path):
     ("model.options.depth=0", r"depth \(blocks per stage\) must be a positive integer"),
     ("zoo.variants=[vgg]", r"zoo\.variants: unknown architecture 'vgg'"),
     ("zoo.variants=[tiny, tiny]", r"zoo\.variants: names a variant twice"),
+    ("data.tasks=[top_left]", r"data\.tasks: only a multi-task source"),
+    ("train.task_weights={top_left: 2}", r"train\.task_weights\.top_left: fashion_mnist has a single task"),
+    ("train.sharing_coefficient=-1", r"train\.sharing_coefficient: must be at least 0"),
+    ("train.loss_weighting=learned", r"train\.loss_weighting: expected one of 'fixed', 'uncertainty'"),
 ])
 def test_impossible_values_are_rejected_naming_key_and_allowed_values(override, message):
     with pytest.raises(ParamsError, match=message):

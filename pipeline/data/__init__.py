@@ -25,6 +25,7 @@ class Dataset:
     class_names: list[str]
     source: str
     fingerprint: str
+    tasks: tuple[str, ...] = ()  # multi-task: the label arrays have one column per task, in this order
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -35,17 +36,24 @@ class Dataset:
         return len(self.class_names)
 
     def describe(self) -> str:
+        tasks = f" for each of {len(self.tasks)} tasks ({', '.join(self.tasks)})" if self.tasks else ""
         return (f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
-                f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes")
+                f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes{tasks}")
+
+    def labels(self, y: np.ndarray) -> dict[str, np.ndarray] | np.ndarray:
+        """Label arrays as Keras wants them: a dict keyed by task for a multi-task dataset."""
+        return {task: y[:, i] for i, task in enumerate(self.tasks)} if self.tasks else y
 
 
 def split_train_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded, stratified split: each class gives the same fraction to validation."""
+    """A seeded, stratified split: each class gives the same fraction to validation (for multi-task
+    labels, each class of the first task)."""
     rng = np.random.default_rng(seed)
+    strata = y if y.ndim == 1 else y[:, 0]
     val_idx = []
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
+    for label in np.unique(strata):
+        members = np.flatnonzero(strata == label)
         rng.shuffle(members)
         val_idx.append(members[: max(1, round(len(members) * val_fraction))])
     val_mask = np.zeros(len(y), bool)
@@ -80,8 +88,17 @@ def load_dataset(params: DataParams, seed: int) -> Dataset:
         from .fashion_mnist import load_fashion_mnist
 
         x, y, x_test, y_test, names, source = load_fashion_mnist(params.dir)
+    tasks: tuple[str, ...] = ()
+    if params.source == "multifashion":
+        from .multifashion import TASKS, load_multifashion
+
+        x, y, x_test, y_test = load_multifashion(x, y, x_test, y_test, seed)
+        tasks, source = TASKS, f"multifashion from {source}"
+        if params.tasks:  # a subset of the tasks, e.g. one, for a single-task baseline
+            columns = [TASKS.index(t) for t in params.tasks]
+            y, y_test, tasks = y[:, columns], y_test[:, columns], tuple(params.tasks)
     x, y = subset(x, y, params.limit_train, seed)
     x_test, y_test = subset(x_test, y_test, params.limit_test, seed + 1)
     x_train, y_train, x_val, y_val = split_train_val(x, y, params.val_fraction, seed)
     return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, source,
-                   fingerprint(x_train, y_train, x_val, y_val, x_test, y_test))
+                   fingerprint(x_train, y_train, x_val, y_val, x_test, y_test), tasks)

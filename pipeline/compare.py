@@ -1,0 +1,97 @@
+"""Comparing model variants on one budget: each is trained by the train stage, converted to
+full-integer int8, and run in LiteRT. Used by ``mobiledeploy zoo`` and ``mobiledeploy mtl-compare``.
+
+A variant is a complete set of params (its own name, so its model has its own file and a finished
+variant is not trained again). All int8 latencies are measured one after another at the end, so
+that they share the machine's conditions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import litert
+from .artifacts import read_record
+from .convert import convert_file, representative_data
+from .costs import model_costs, totals
+from .data import Dataset, load_dataset
+from .keras_io import load_model
+from .params import Params
+from .train import train
+
+
+def measure(variants: dict[str, Params], out_dir: Path, label: str) -> list[dict]:
+    """One row per variant: params, MACs, int8 bytes and latency, and per task ("label" for a
+    single-task model) float and int8 test accuracy, train and validation accuracy and their gap."""
+    datasets: dict[str, Dataset] = {}
+
+    def data_for(p: Params) -> Dataset:
+        key = json.dumps(p.section("data"), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = load_dataset(p.data, p.seed)
+        return datasets[key]
+
+    built = []
+    for i, (variant, p) in enumerate(variants.items(), start=1):
+        print(f"{label}: [{i}/{len(variants)}] {variant}", flush=True)
+        data = data_for(p)
+        path = train(p)
+        model = load_model(path)
+        representative = representative_data(data.x_train, p.convert.representative_samples, p.seed)
+        out = convert_file(model, path, "int8", out_dir / f"{variant}.int8.tflite", p, data, representative,
+                           pruned=False)
+        built.append((variant, p, data, path, out, totals(model_costs(model))))
+    rows = []
+    for variant, p, data, path, out, cost in built:
+        v = p.validate
+        predictions, (latency,) = litert.evaluate(out, data.x_test, v.batch_size, [1], v.warmup_runs, v.latency_runs)
+        metrics = read_record(path)["metrics"]
+        heads = data.tasks or ("label",)
+        per_task_metrics = metrics.get("tasks", {"label": metrics})
+        tasks = {}
+        for i, task in enumerate(heads):
+            truth = data.y_test[:, i] if data.tasks else data.y_test
+            labels = predictions[task] if data.tasks else next(iter(predictions.values()))
+            m = per_task_metrics[task]
+            tasks[task] = {"float_accuracy": m["test_accuracy"],
+                           "int8_accuracy": round(float(np.mean(labels == truth)), 5),
+                           "train_accuracy": m["train_accuracy"], "val_accuracy": m["val_accuracy"],
+                           "gap": round(m["train_accuracy"] - m["val_accuracy"], 5)}
+        blob = out.read_bytes()
+        rows.append({"variant": variant, "params": cost["params"], "macs": cost["macs"], "int8_bytes": len(blob),
+                     "int8_gzip_bytes": len(gzip.compress(blob, 9)), "p50_ms": latency["p50"],
+                     "p90_ms": latency["p90"], "best_epoch": metrics["best_epoch"],
+                     "train_seconds": metrics["train_seconds"], "tasks": tasks})
+        summary = ", ".join(f"{t} int8 {r['int8_accuracy']:.4f}" for t, r in tasks.items())
+        print(f"{label}: {variant}: {summary}, p50 {latency['p50']:.3f} ms", flush=True)
+    return rows
+
+
+def scatter_png(points: list[tuple[str, float, float, float, str]], xlabel: str, ylabel: str, title: str,
+                log_x: bool = True) -> bytes:
+    """A labelled scatter plot; ``points`` are (label, x, y, marker area, note). PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    for name, x, y, area, note in points:
+        ax.scatter(x, y, s=area, alpha=0.55)
+        ax.annotate(f"{name}\n{note}", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=7)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
