@@ -12,14 +12,15 @@ ARGS := --params $(PARAMS)
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all train prune convert validate check gates zoo pictures test data debian-dataset clean help
+.PHONY: all train prune convert validate check gates zoo mtl-compare pictures samples test data debian-dataset \
+        clean help
 .DELETE_ON_ERROR:
 
 all: check
 
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: all train prune convert validate check gates zoo pictures test data clean"
+	@echo "targets: all train prune convert validate check gates zoo mtl-compare pictures samples test data clean"
 
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +77,15 @@ gates: $(REPORT)
 zoo: $(VENV_STAMP) | data
 	$(CLI) zoo $(ARGS)
 
+# Single-task baselines against hard and soft sharing on a multi-task config; in tflite_out/mtl/.
+# Run with PARAMS=configs/multifashion.yaml.
+mtl-compare: $(VENV_STAMP) | data
+	$(CLI) mtl-compare $(ARGS)
+
+# A grid of training images with their labels, in tflite_out/pictures/.
+samples: $(VENV_STAMP) | data
+	$(CLI) samples $(ARGS)
+
 # The first convolution's filters and a test image's feature maps, in tflite_out/pictures/.
 pictures: $(TRAINED)
 	$(CLI) pictures $(ARGS)
@@ -84,4 +94,5 @@ test: $(VENV_STAMP) data
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(BUILD) models/*.keras models/*.json tflite_out/*.tflite tflite_out/*.json tflite_out/*.md
+	rm -rf $(BUILD) models/*.keras models/*.json tflite_out/*.tflite tflite_out/*.json tflite_out/*.md \
+	  tflite_out/zoo tflite_out/mtl tflite_out/pictures
