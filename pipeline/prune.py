@@ -11,7 +11,6 @@ from .costs import layer_cost, model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
 from .keras_io import check_fits_data, load_model, save_model
-from .multitask import tower_groups
 from .params import Params, PruneParams, TrainParams
 from .tf import keras, tf, tfmot
 from .resume import backup_dir, finish, fit_resumable
@@ -72,8 +71,7 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     steps = math.ceil(len(data.x_train) / p.batch_size)
     wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights)
     hold = p.end_epoch * steps
-    soft = bool(data.tasks) and bool(tower_groups(model, data.tasks))
-    target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold), soft)
+    target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
     keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), p.batch_size, seed),
                          as_dataset(data.x_val, data.labels(data.y_val), 500), p.epochs, state_dir, key,
                          callbacks=[sparsity.UpdatePruningStep()], first_best_epoch=p.end_epoch - 1)

@@ -12,7 +12,7 @@ from . import architectures
 from .artifacts import make_record, reuse_if_current, text_hash, trained_path
 from .data import Dataset, load_dataset
 from .keras_io import save_model
-from .params import ModelParams, Params, TrainParams
+from .params import Params, TrainParams
 from .resume import backup_dir, finish, fit_resumable
 from .tf import keras, tf
 
@@ -66,23 +66,21 @@ def split_accuracies(model, data: Dataset) -> dict:
     return metrics
 
 
-def fit_target(model, data: Dataset, p: TrainParams, rate, soft: bool):
+def fit_target(model, data: Dataset, p: TrainParams, rate):
     """What ``fit`` runs on, compiled with Adam at ``rate``: the model itself for one task, or a
-    :class:`~pipeline.multitask.MultiTaskTrainer` around it (task weights, soft-sharing penalty)."""
+    :class:`~pipeline.multitask.MultiTaskTrainer` around it (task weights, and the soft-sharing
+    penalty if the model has a tower per task)."""
     if not data.tasks:
         compile_for_training(model, rate)
         return model
-    from .multitask import MultiTaskTrainer
+    from .multitask import MultiTaskTrainer, tower_groups
 
+    soft = bool(tower_groups(model, data.tasks))
     penalty = p.sharing_penalty if soft and p.sharing_coefficient > 0 else None
     trainer = MultiTaskTrainer(model, data.tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty,
                                p.sharing_coefficient)
     trainer.compile(optimizer=keras.optimizers.Adam(rate))
     return trainer
-
-
-def is_soft(m: ModelParams) -> bool:
-    return architectures.resolve(m.architecture, m.width, m.options)["sharing"] == "soft"
 
 
 def train(params: Params) -> Path:
@@ -103,7 +101,7 @@ def train(params: Params) -> Path:
         return out
     steps = math.ceil(len(data.x_train) / params.train.batch_size)
     rate = keras.optimizers.schedules.CosineDecay(params.train.learning_rate, steps * params.train.epochs)
-    target = fit_target(model, data, params.train, rate, is_soft(m))
+    target = fit_target(model, data, params.train, rate)
     print(f"train: {params.model.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
     state = backup_dir(out)
     start = time.perf_counter()

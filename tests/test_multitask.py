@@ -13,7 +13,7 @@ from pipeline.convert import representative_data, to_tflite
 from pipeline.data import Dataset, fingerprint
 from pipeline.data.multifashion import CANVAS, ITEM, SHIFT, compose, load_multifashion
 from pipeline.multitask import MultiTaskTrainer, sharing_penalty, tower_groups, trace_norm
-from pipeline.params import CheckParams, PruneParams
+from pipeline.params import CheckParams, PruneParams, TrainParams
 from pipeline.prune import prune_model
 from pipeline.tf import keras, tf
 from pipeline.train import predict_labels
@@ -223,3 +223,19 @@ def test_bad_multi_task_params_are_refused_naming_the_key(tmp_path, override, me
     project = new_project(tmp_path)
     fails_cleanly(run_cli("train", "--params", "configs/multifashion.yaml", "--set", override, cwd=project,
                           check=False), message)
+
+
+def test_pruning_fine_tunes_a_soft_sharing_model_with_its_penalty():
+    from pipeline.prune import make_schedule, wrap_for_pruning
+    from pipeline.train import fit_target
+
+    model = soft_model()
+    wrapped = wrap_for_pruning(model, make_schedule(PruneParams(), steps_per_epoch=10))
+    target = fit_target(wrapped, multi_data(), TrainParams(sharing_coefficient=0.1, sharing_penalty="trace"), 1e-3)
+    assert target.penalty_kind == "trace" and len(target.groups) == 3
+    tower_kernels = {id(layer.layer.kernel) for layer in wrapped.layers if type(layer).__name__ == "PruneLowMagnitude"
+                     and layer.layer.name.startswith(("top_left_", "bottom_right_"))}
+    assert {id(k) for group in target.groups for k in group} == tower_kernels  # the kernels being pruned
+    hard = fit_target(architectures.build("tiny", (12, 12, 1), 3, tasks=TASKS), multi_data(), TrainParams(
+        sharing_coefficient=0.1), 1e-3)
+    assert hard.groups == []  # one trunk: nothing to tie
