@@ -1,0 +1,255 @@
+"""Structured pruning: rank the channels (conv filters, dense neurons) of a model and physically
+remove the weakest, giving an ordinary narrower Keras model.
+
+Channels are tracked as *channel spaces*: a Conv2D or Dense layer creates one; batch norm,
+activations, pooling, dropout and depthwise convolutions carry their input's; an ``Add`` ties the
+spaces of its inputs together, so a residual connection loses the same channels on both sides. A
+space is prunable unless it reaches a model output (a classifier) or the input. Removing channels
+slices every weight that reads or writes them: the producers' kernels and biases, batch norm, depthwise
+kernels, the next layer's input channels, and the dense layer after a ``Flatten`` (whose inputs are
+position x channel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .errors import PipelineError
+from .tf import keras, tf
+
+PRODUCERS = ("Conv2D", "Dense")
+PASS_THROUGH = ("BatchNormalization", "ReLU", "Activation", "MaxPooling2D", "AveragePooling2D", "Dropout",
+                "GlobalAveragePooling2D", "DepthwiseConv2D")
+CRITERIA = ("l1", "l2", "mean_activation", "apoz", "taylor")
+
+
+@dataclasses.dataclass
+class Space:
+    """Channels that must be removed together: written by ``producers``, seen after ReLU at ``activation``."""
+    id: int
+    channels: int
+    producers: list[str]
+    activation: str | None = None  # first ReLU/Activation layer on these channels
+    output: str | None = None      # the first producer's layer name if it is not activated (e.g. linear projections)
+    prunable: bool = True
+
+
+class ChannelGraph:
+    """The channel spaces of a functional model, built from its config."""
+
+    def __init__(self, model):
+        self.model = model
+        self.layers = {layer.name: layer for layer in model.layers}
+        config = model.get_config()
+        self.space_of: dict[str, int | None] = {}  # layer name -> the space of its output (None: input channels)
+        self.flatten_input: dict[str, tuple[int, int, int, int | None]] = {}
+        self.flat: dict[str, str] = {}  # layer name -> the Flatten whose output it carries (Flatten, Dropout...)
+        self.inputs_of: dict[str, list[str]] = {}
+        self.spaces: dict[int, Space] = {}
+        self._parent: dict[int, int] = {}
+        declared = config["output_layers"]  # a list of [layer, node, tensor], or a dict of them by output name
+        outputs = {entry[0] for entry in (declared.values() if isinstance(declared, dict) else declared)}
+        for entry in config["layers"]:
+            name, kind = entry["name"], entry["class_name"]
+            inbound = [node[0] for nodes in entry["inbound_nodes"] for node in nodes]
+            self.inputs_of[name] = inbound
+            spaces = [self.find(self.space_of[i]) for i in inbound]
+            if kind in ("InputLayer", "Rescaling"):
+                self.space_of[name] = None
+            elif kind in PRODUCERS:
+                if kind == "Conv2D" and self.layers[name].groups != 1:
+                    raise PipelineError(f"structured pruning: grouped convolution {name} is not supported")
+                sid = len(self._parent)
+                self._parent[sid] = sid
+                self.spaces[sid] = Space(sid, self.layers[name].output_shape[-1], [name], output=name)
+                self.space_of[name] = sid
+                if name in outputs:
+                    self.spaces[sid].prunable = False
+            elif kind in PASS_THROUGH:
+                if kind == "DepthwiseConv2D" and self.layers[name].depth_multiplier != 1:
+                    raise PipelineError(f"structured pruning: depthwise layer {name} has a depth multiplier")
+                self.space_of[name] = spaces[0]
+                if inbound[0] in self.flat:
+                    self.flat[name] = self.flat[inbound[0]]
+                if kind in ("ReLU", "Activation") and spaces[0] is not None and self.spaces[spaces[0]].activation is None:
+                    self.spaces[spaces[0]].activation = name
+            elif kind == "Add":
+                self.space_of[name] = self.union(spaces)
+            elif kind == "Flatten":
+                h, w, c = self.layers[name].input_shape[1:]
+                self.flatten_input[name] = (h, w, c, spaces[0])
+                self.flat[name] = name
+                self.space_of[name] = None
+            else:
+                raise PipelineError(f"structured pruning: layer {name} ({kind}) is not supported")
+            if name in outputs and self.space_of[name] is not None:
+                self.spaces[self.find(self.space_of[name])].prunable = False
+
+    def find(self, sid: int | None) -> int | None:
+        if sid is None:
+            return None
+        while self._parent[sid] != sid:
+            sid = self._parent[sid]
+        return sid
+
+    def union(self, sids: list[int | None]) -> int | None:
+        if any(s is None for s in sids):  # tied to the input's channels: none of them can go
+            for s in sids:
+                if s is not None:
+                    self.spaces[s].prunable = False
+            return None
+        root = sids[0]
+        for other in sids[1:]:
+            if other != root:
+                self._parent[other] = root
+                mine, theirs = self.spaces[root], self.spaces.pop(other)
+                mine.producers += theirs.producers
+                mine.prunable = mine.prunable and theirs.prunable
+                mine.activation = None  # after an Add, the activation that matters is the one after it
+        return root
+
+    def prunable(self) -> list[Space]:
+        """Spaces whose channels may be removed, in the model's order."""
+        for name, sid in self.space_of.items():  # activation of a tied space: the first ReLU after the Add
+            space = self.spaces.get(self.find(sid)) if sid is not None else None
+            if space is not None and space.activation is None and type(self.layers[name]).__name__ in ("ReLU", "Activation"):
+                space.activation = name
+        return [s for s in self.spaces.values() if s.prunable and s.channels > 1]
+
+    def space(self, name: str) -> int | None:
+        return self.find(self.space_of[name])
+
+
+def _kernel(layer) -> np.ndarray:
+    return layer.get_weights()[0]
+
+
+def weight_scores(graph: ChannelGraph, space: Space, order: int) -> np.ndarray:
+    """Mean |w| (order 1) or root-mean-square w (order 2) of each channel's weights, summed over the
+    space's producers: the filter's norm normalised by its size."""
+    total = np.zeros(space.channels)
+    for name in space.producers:
+        kernel = _kernel(graph.layers[name]).reshape(-1, space.channels)
+        total += np.mean(np.abs(kernel), axis=0) if order == 1 else np.sqrt(np.mean(kernel ** 2, axis=0))
+    return total
+
+
+def activation_scores(graph: ChannelGraph, spaces: list[Space], x: np.ndarray, y, criterion: str,
+                      batch_size: int = 256) -> dict[int, np.ndarray]:
+    """Per space, per channel: mean activation, 1 - APoZ (fraction of non-zero activations), or the
+    first-order Taylor estimate |mean over positions of activation x gradient| averaged over examples.
+
+    The activation is the space's first ReLU (after its Add, for a tied space), or the producer's
+    output when nothing activates it (linear projections)."""
+    names = [s.activation or s.output for s in spaces]
+    model = graph.model
+    probe = keras.Model(model.inputs, [graph.layers[n].output for n in names] + [model.outputs])
+    sums = [np.zeros(s.channels) for s in spaces]
+    count = 0
+    ce = keras.losses.SparseCategoricalCrossentropy(reduction="sum")
+    # labels per model output, in the order of model.outputs (a dict of labels is keyed by output name)
+    targets = [y[name] for name in model.output_names] if isinstance(y, dict) else [y]
+    for start in range(0, len(x), batch_size):
+        xb = tf.constant(x[start:start + batch_size], tf.float32)
+        with tf.GradientTape() as tape:
+            *acts, outs = probe(xb, training=False)
+            if criterion == "taylor":
+                outs = outs if isinstance(outs, list) else [outs]
+                loss = tf.add_n([ce(t[start:start + batch_size], out) for t, out in zip(targets, outs)])
+        grads = tape.gradient(loss, acts) if criterion == "taylor" else [None] * len(acts)
+        for i, (a, g) in enumerate(zip(acts, grads)):
+            a = a.numpy().reshape(a.shape[0], -1, a.shape[-1])  # (batch, positions, channels)
+            if criterion == "mean_activation":
+                sums[i] += a.mean(axis=1).sum(axis=0)
+            elif criterion == "apoz":
+                sums[i] += (a != 0).mean(axis=1).sum(axis=0)
+            else:
+                g = g.numpy().reshape(a.shape)
+                sums[i] += np.abs((a * g).mean(axis=1)).sum(axis=0)
+        count += len(xb)
+    return {s.id: total / count for s, total in zip(spaces, sums)}
+
+
+def rank(model, criterion: str, x: np.ndarray | None = None, y=None) -> dict[int, np.ndarray]:
+    """Importance of every channel of every prunable space (higher = keep). The activation-based
+    criteria need validation images ``x``; Taylor also their labels ``y`` (a dict keyed by task for a
+    multi-task model)."""
+    if criterion not in CRITERIA:
+        raise PipelineError(f"unknown ranking criterion {criterion!r}; known: {', '.join(CRITERIA)}")
+    graph = ChannelGraph(model)
+    spaces = graph.prunable()
+    if criterion in ("l1", "l2"):
+        return {s.id: weight_scores(graph, s, 1 if criterion == "l1" else 2) for s in spaces}
+    if x is None or (criterion == "taylor" and y is None):
+        raise PipelineError(f"ranking by {criterion} needs validation data")
+    return activation_scores(graph, spaces, x, y, criterion)
+
+
+def choose(scores: dict[int, np.ndarray], fraction: float, scope: str = "layer") -> dict[int, np.ndarray]:
+    """The channels to keep (sorted indices) per space after removing ``fraction`` of them: the
+    lowest-scored in each space (``layer``), or the lowest across all spaces with scores normalised by
+    each space's mean (``global``). Every space keeps at least one channel."""
+    if not 0 <= fraction < 1:
+        raise PipelineError(f"fraction of channels to remove must be in [0, 1), got {fraction}")
+    keep = {}
+    if scope == "layer":
+        for sid, s in scores.items():
+            drop = min(int(fraction * len(s)), len(s) - 1)
+            keep[sid] = np.sort(np.argsort(s, kind="stable")[drop:])
+        return keep
+    flat = [(value / (np.mean(s) or 1.0), sid, i) for sid, s in scores.items() for i, value in enumerate(s)]
+    flat.sort()
+    budget = int(fraction * len(flat))
+    removed = {sid: set() for sid in scores}
+    for _, sid, i in flat:
+        if budget == 0:
+            break
+        if len(removed[sid]) < len(scores[sid]) - 1:
+            removed[sid].add(i)
+            budget -= 1
+    return {sid: np.array([i for i in range(len(s)) if i not in removed[sid]]) for sid, s in scores.items()}
+
+
+def remove_channels(model, keep: dict[int, np.ndarray]):
+    """A narrower copy of ``model`` holding only the kept channels of each space, with the surviving
+    weights copied. Spaces not in ``keep`` keep all their channels."""
+    graph = ChannelGraph(model)
+
+    def kept(sid: int | None, size: int) -> np.ndarray:
+        return keep[sid] if sid is not None and sid in keep else np.arange(size)
+
+    config = model.get_config()
+    for entry in config["layers"]:
+        name, kind = entry["name"], entry["class_name"]
+        sid = graph.space(name) if name in graph.space_of else None
+        if kind in PRODUCERS and sid in keep:
+            entry["config"]["filters" if kind == "Conv2D" else "units"] = int(len(keep[sid]))
+        entry.pop("build_config", None)
+    narrow = keras.Model.from_config(config)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        kind = type(layer).__name__
+        inbound = graph.inputs_of[layer.name]
+        in_sid = graph.space(inbound[0]) if inbound else None
+        if kind in PRODUCERS:
+            out_idx = kept(graph.space(layer.name), weights[0].shape[-1])
+            if kind == "Dense" and inbound and inbound[0] in graph.flat:
+                h, w, c, flat_sid = graph.flatten_input[graph.flat[inbound[0]]]
+                channels = kept(graph.find(flat_sid), c)
+                in_idx = np.array([(i * w + j) * c + ch for i in range(h) for j in range(w) for ch in channels])
+            else:
+                in_idx = kept(in_sid, weights[0].shape[-2])
+            kernel = np.take(np.take(weights[0], in_idx, axis=-2), out_idx, axis=-1)
+            weights = [kernel] + [b[out_idx] for b in weights[1:]]
+        elif kind == "BatchNormalization":
+            idx = kept(graph.space(layer.name), weights[0].shape[0])
+            weights = [w[idx] for w in weights]
+        elif kind == "DepthwiseConv2D":
+            idx = kept(graph.space(layer.name), weights[0].shape[2])
+            weights = [weights[0][:, :, idx]] + [b[idx] for b in weights[1:]]
+        narrow.get_layer(layer.name).set_weights(weights)
+    return narrow

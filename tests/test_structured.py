@@ -1,0 +1,108 @@
+"""Structured pruning: channel ranking on hand-made models, and removal through every kind of
+dependency (batch norm, depthwise, flatten -> dense, residual additions, task heads)."""
+
+import numpy as np
+import pytest
+
+from conftest import tiny_dataset
+from pipeline import architectures
+from pipeline.costs import model_costs, totals
+from pipeline.errors import PipelineError
+from pipeline.structured import ChannelGraph, choose, rank, remove_channels
+from pipeline.tf import keras
+
+DATA = tiny_dataset(n=120, size=12)
+
+
+def built(name, width=8, **kw):
+    keras.utils.set_random_seed(0)
+    return architectures.build(name, (12, 12, 1), 3, width=width, **kw)
+
+
+def space_of(model, layer):
+    graph = ChannelGraph(model)
+    return graph.space(layer)
+
+
+def kill(model, bn_names, channel):
+    """Make ``channel`` exactly zero after these batch norms (scale and shift zero)."""
+    for name in bn_names:
+        gamma, beta, mean, var = model.get_layer(name).get_weights()
+        gamma[channel], beta[channel] = 0, 0
+        model.get_layer(name).set_weights([gamma, beta, mean, var])
+
+
+def test_a_filter_of_zeros_ranks_last_by_weight_norm():
+    model = built("plain_cnn")
+    kernel = model.get_layer("stage1_2_conv").get_weights()[0]
+    kernel[..., 5] = 0
+    model.get_layer("stage1_2_conv").set_weights([kernel])
+    for criterion in ("l1", "l2"):
+        scores = rank(model, criterion)[space_of(model, "stage1_2_conv")]
+        assert np.argmin(scores) == 5 and scores[5] == 0
+
+
+def test_a_channel_that_is_always_zero_has_apoz_one_and_no_mean_activation():
+    model = built("plain_cnn")
+    kill(model, ["stage1_1_bn"], 3)
+    x = DATA.x_val
+    sid = space_of(model, "stage1_1_conv")
+    assert rank(model, "apoz", x)[sid][3] == 0.0  # score = 1 - APoZ
+    assert rank(model, "mean_activation", x)[sid][3] == 0.0
+    taylor = rank(model, "taylor", x, DATA.y_val)[sid]
+    assert taylor[3] == 0.0 and taylor.max() > 0
+
+
+@pytest.mark.parametrize("name", ["plain_cnn", "small_cnn", "mobile_cnn", "bottleneck_cnn", "inverted_cnn"])
+def test_removing_dead_channels_leaves_the_outputs_unchanged(name):
+    model = built(name)
+    graph = ChannelGraph(model)
+    keep = {}
+    for space in graph.prunable():
+        # every batch norm writing these channels (after each producer) gets the dead channel
+        bns = [n for n, sid in graph.space_of.items() if graph.find(sid) == space.id
+               and type(graph.layers[n]).__name__ == "BatchNormalization"]
+        producers_bn = [n for n in bns if graph.inputs_of[n][0] in space.producers]
+        kill(model, producers_bn, 0)
+        keep[space.id] = np.arange(1, space.channels)
+    x = DATA.x_test.astype("float32")
+    expected = model.predict(x, verbose=0)
+    narrow = remove_channels(model, keep)
+    np.testing.assert_allclose(narrow.predict(x, verbose=0), expected, atol=1e-5)
+    assert totals(model_costs(narrow))["params"] < totals(model_costs(model))["params"]
+
+
+def test_a_residual_addition_ties_its_inputs_channels():
+    model = built("bottleneck_cnn")
+    graph = ChannelGraph(model)
+    tied = graph.space("stage2_1_add")
+    assert graph.space("stage2_1_expand_conv") == graph.space("stage2_1_proj_conv") == tied
+    assert graph.space("stage2_2_expand_conv") == tied  # the next block adds onto the same channels
+    assert graph.space("stage2_1_reduce_conv") != tied
+
+
+def test_removal_shrinks_every_dependent_layer_consistently():
+    model = built("mobile_cnn", width=16)
+    scores = rank(model, "l1")
+    narrow = remove_channels(model, choose(scores, 0.5))
+    assert narrow.get_layer("stage1_2_pw").filters == 8 and narrow.get_layer("stage2_1_dw").get_weights()[0].shape[2] == 8
+    assert narrow.get_layer("predictions").get_weights()[0].shape[0] == 3 * 3 * narrow.get_layer("bottleneck_conv").filters
+    assert narrow.predict(DATA.x_test.astype("float32"), verbose=0).shape == (len(DATA.x_test), 3)
+    assert totals(model_costs(narrow))["macs"] < 0.5 * totals(model_costs(model))["macs"]
+
+
+def test_task_heads_are_never_narrowed():
+    model = built("tiny", tasks=("top_left", "bottom_right"))
+    graph = ChannelGraph(model)
+    assert {s.producers[0] for s in graph.prunable()} == {"stage1_conv", "stage2_conv", "bottleneck_conv"}
+    narrow = remove_channels(model, choose(rank(model, "l2"), 0.5))
+    assert [o.shape[-1] for o in narrow.outputs] == [3, 3] and sorted(narrow.output_names) == sorted(model.output_names)
+
+
+def test_global_choice_removes_the_requested_share_and_keeps_one_channel_per_layer():
+    scores = {0: np.array([1.0, 2.0, 3.0, 4.0]), 1: np.array([0.01, 0.02])}
+    keep = choose(scores, 0.5, scope="global")
+    assert sum(len(k) for k in keep.values()) == 3 and len(keep[1]) == 1
+    assert list(choose(scores, 0.5)[0]) == [2, 3]
+    with pytest.raises(PipelineError, match="in \\[0, 1\\)"):
+        choose(scores, 1.0)
