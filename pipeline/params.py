@@ -133,6 +133,31 @@ class PruneParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class StructuredParams:
+    criterion: Literal["l1", "l2", "mean_activation", "apoz", "taylor"] = "l1"
+    scope: Literal["layer", "global"] = "layer"
+    fraction: float = 0.2
+    max_rounds: int = 6
+    finetune_epochs: int = 2
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    accuracy_budget: float = 0.01
+    target: Literal["macs", "params", "latency"] = "macs"
+    target_ratio: float = 0.5
+
+    def validate(self) -> None:
+        _check(0 < self.fraction < 1, "structured.fraction", f"must be in (0, 1), got {self.fraction}")
+        _check(self.max_rounds >= 1, "structured.max_rounds", f"must be at least 1, got {self.max_rounds}")
+        _check(self.finetune_epochs >= 1, "structured.finetune_epochs",
+               f"must be at least 1, got {self.finetune_epochs}")
+        _check(self.batch_size >= 1, "structured.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.learning_rate > 0, "structured.learning_rate", f"must be positive, got {self.learning_rate}")
+        _check(0 <= self.accuracy_budget < 1, "structured.accuracy_budget",
+               f"must be in [0, 1), got {self.accuracy_budget}")
+        _check(0 < self.target_ratio <= 1, "structured.target_ratio", f"must be in (0, 1], got {self.target_ratio}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ConvertParams:
     formats: list[str] = dataclasses.field(default_factory=lambda: list(FORMATS))
     representative_samples: int = 500
@@ -195,6 +220,7 @@ class Params:
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     prune: PruneParams = PruneParams()
+    structured: StructuredParams = StructuredParams()
     convert: ConvertParams = ConvertParams()
     validate: ValidateParams = ValidateParams()
     check: CheckParams = CheckParams()

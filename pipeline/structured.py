@@ -253,3 +253,79 @@ def remove_channels(model, keep: dict[int, np.ndarray]):
             weights = [weights[0][:, :, idx]] + [b[idx] for b in weights[1:]]
         narrow.get_layer(layer.name).set_weights(weights)
     return narrow
+
+
+def val_accuracy(model, data) -> float:
+    """Validation accuracy (the mean over tasks for a multi-task model)."""
+    from .train import accuracy
+
+    found = accuracy(model, data.x_val, data.y_val, data.tasks)
+    return float(np.mean(list(found.values()))) if isinstance(found, dict) else found
+
+
+def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> tuple[float, list[dict]]:
+    """(validation accuracy of ``model``, one row per prunable layer group and ratio): the validation
+    accuracy after removing that share of the group's channels alone, without retraining."""
+    scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    base = val_accuracy(model, data)
+    rows = []
+    for space in ChannelGraph(model).prunable():
+        for ratio in ratios:
+            narrow = remove_channels(model, choose({space.id: scores[space.id]}, ratio))
+            found = val_accuracy(narrow, data)
+            rows.append({"layers": space.producers, "channels": space.channels, "ratio": ratio,
+                         "removed": min(int(ratio * space.channels), space.channels - 1),
+                         "val_accuracy": round(found, 5), "drop": round(base - found, 5)})
+    return base, rows
+
+
+def finetune(model, data, s, train_p, seed: int) -> None:
+    """``s.finetune_epochs`` of training at ``s.learning_rate`` decayed along a cosine (the task
+    weighting and soft-sharing penalty of ``train_p`` apply to a multi-task model)."""
+    import math
+
+    from .resume import keras_verbosity
+    from .train import as_dataset, fit_target, seed_everything
+
+    seed_everything(seed)
+    steps = math.ceil(len(data.x_train) / s.batch_size)
+    target = fit_target(model, data, train_p, keras.optimizers.schedules.CosineDecay(
+        s.learning_rate, steps * s.finetune_epochs))
+    target.fit(as_dataset(data.x_train, data.labels(data.y_train), s.batch_size, seed), epochs=s.finetune_epochs,
+               verbose=keras_verbosity())
+
+
+def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
+    """Prune, fine-tune, repeat: each round removes ``s.fraction`` of the remaining channels (ranked by
+    ``s.criterion``, per layer or globally) and fine-tunes. Stops when ``s.target`` (MACs, params, or
+    int8 p50 from ``latency(model)``) is at or below ``s.target_ratio`` of the start, when the
+    validation accuracy has dropped by more than ``s.accuracy_budget``, or after ``s.max_rounds``.
+
+    Returns the last model within the budget and one history row per round (round 0: the start).
+    """
+    from .costs import model_costs, totals
+
+    def measure(m, round_: int) -> dict:
+        cost = totals(model_costs(m))
+        return {"round": round_, "params": cost["params"], "macs": cost["macs"],
+                "val_accuracy": round(val_accuracy(m, data), 5), "p50_ms": latency(m)}
+
+    start = measure(model, 0)
+    history = [{**start, "within_budget": True}]
+    kept, current = model, model
+    for r in range(1, s.max_rounds + 1):
+        scores = rank(current, s.criterion, data.x_val, data.labels(data.y_val))
+        narrow = remove_channels(current, choose(scores, s.fraction, s.scope))
+        finetune(narrow, data, s, train_p, seed + r)
+        row = measure(narrow, r)
+        row["within_budget"] = start["val_accuracy"] - row["val_accuracy"] <= s.accuracy_budget
+        history.append(row)
+        print(f"structured: round {r}: {row['params']:,} params, {row['macs']:,} MACs, val {row['val_accuracy']:.4f}, "
+              f"p50 {row['p50_ms']:.3f} ms{'' if row['within_budget'] else ' (over the accuracy budget)'}", flush=True)
+        if not row["within_budget"]:
+            break
+        kept = current = narrow
+        key = {"macs": "macs", "params": "params", "latency": "p50_ms"}[s.target]
+        if row[key] <= s.target_ratio * start[key]:
+            break
+    return kept, history

@@ -106,3 +106,52 @@ def test_global_choice_removes_the_requested_share_and_keeps_one_channel_per_lay
     assert list(choose(scores, 0.5)[0]) == [2, 3]
     with pytest.raises(PipelineError, match="in \\[0, 1\\)"):
         choose(scores, 1.0)
+
+
+def trained(name="plain_cnn"):
+    from pipeline.train import compile_for_training
+
+    model = built(name)
+    compile_for_training(model, 3e-3)
+    model.fit(DATA.x_train.astype("float32"), DATA.y_train, epochs=10, batch_size=32, verbose=0)
+    return model
+
+
+def test_sensitivity_reports_each_layer_at_each_ratio_without_retraining():
+    from pipeline.structured import sensitivity
+
+    model = trained()
+    base, rows = sensitivity(model, DATA, "l1", ratios=(0.25, 0.75))
+    assert len(rows) == 2 * len(ChannelGraph(model).prunable())
+    assert all(r["drop"] == pytest.approx(base - r["val_accuracy"], abs=1e-4) for r in rows)
+    assert any(r["drop"] > 0 for r in rows if r["ratio"] == 0.75)
+
+
+def structured_params(**kw):
+    from pipeline.params import StructuredParams
+
+    return StructuredParams(**{"finetune_epochs": 1, "batch_size": 32, **kw})
+
+
+def test_the_accuracy_budget_stops_the_rounds_and_the_kept_model_is_within_it():
+    from pipeline.params import TrainParams
+    from pipeline.structured import iterate, val_accuracy
+
+    model = trained()
+    s = structured_params(fraction=0.6, max_rounds=4, accuracy_budget=0.0, learning_rate=1e-9, target_ratio=0.01)
+    kept, history = iterate(model, DATA, s, TrainParams(), seed=0, latency=lambda m: 0.0)
+    assert history[-1]["within_budget"] is False and len(history) <= 5
+    assert val_accuracy(kept, DATA) >= history[0]["val_accuracy"] - s.accuracy_budget
+    last_good = [h for h in history if h["within_budget"]][-1]
+    assert totals(model_costs(kept))["params"] == last_good["params"]
+
+
+def test_the_rounds_stop_once_the_target_is_reached():
+    from pipeline.params import TrainParams
+    from pipeline.structured import iterate
+
+    model = trained()
+    s = structured_params(fraction=0.3, max_rounds=5, accuracy_budget=0.99, target="params", target_ratio=0.6)
+    kept, history = iterate(model, DATA, s, TrainParams(), seed=0, latency=lambda m: 0.0)
+    assert history[-1]["params"] <= 0.6 * history[0]["params"] < history[-2]["params"]
+    assert totals(model_costs(kept))["params"] == history[-1]["params"]
