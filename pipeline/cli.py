@@ -84,6 +84,26 @@ def prune(params, model_path, **_):
 @cli.command()
 @MODEL_OPTION
 @stage_options
+def shrink(params, model_path, **_):
+    """Structured pruning: remove channels in rounds with fine-tuning; write models/<name>.shrunk.keras."""
+    from .shrink import shrink as run
+
+    run(params, model_path)
+
+
+@cli.command()
+@MODEL_OPTION
+@stage_options
+def sensitivity(params, model_path, **_):
+    """Validation accuracy after removing 10-75% of each layer's channels alone, without retraining."""
+    from .shrink import sensitivity_report
+
+    sensitivity_report(params, model_path)
+
+
+@cli.command()
+@MODEL_OPTION
+@stage_options
 def convert(params, model_path, **_):
     """Convert the trained and pruned models (or --model) to the TFLite formats in params."""
     from .convert import convert as run

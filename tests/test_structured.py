@@ -1,6 +1,8 @@
 """Structured pruning: channel ranking on hand-made models, and removal through every kind of
 dependency (batch norm, depthwise, flatten -> dense, residual additions, task heads)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,24 @@ def test_the_rounds_stop_once_the_target_is_reached():
     kept, history = iterate(model, DATA, s, TrainParams(), seed=0, latency=lambda m: 0.0)
     assert history[-1]["params"] <= 0.6 * history[0]["params"] < history[-2]["params"]
     assert totals(model_costs(kept))["params"] == history[-1]["params"]
+
+
+def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_of_smoke):
+    from conftest import SMOKE, run_cli
+
+    shrink = ("--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
+              "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
+              "--set", "structured.target_ratio=0.1")
+    run_cli("shrink", *SMOKE, *shrink, cwd=copy_of_smoke)
+    shrunk = copy_of_smoke / "models" / "smoke.shrunk.keras"
+    record = json.loads((copy_of_smoke / "models" / "smoke.shrunk.keras.json").read_text())
+    history = record["metrics"]["history"]
+    assert [h["round"] for h in history] == [0, 1, 2] and history[2]["macs"] < history[1]["macs"] < history[0]["macs"]
+    assert "| 2 |" in (copy_of_smoke / "tflite_out" / "smoke.shrunk.md").read_text()
+    run_cli("sensitivity", *SMOKE, cwd=copy_of_smoke)
+    assert "| stage2_conv | 8 |" in (copy_of_smoke / "tflite_out" / "smoke.sensitivity.md").read_text()
+    for stage in ("prune", "convert", "validate"):  # structured removal, then TF-MOT on the narrower model
+        run_cli(stage, *SMOKE, "--model", str(shrunk), cwd=copy_of_smoke)
+    report = json.loads((copy_of_smoke / "tflite_out" / "smoke.shrunk.report.json").read_text())
+    assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
+    assert (copy_of_smoke / "models" / "smoke.shrunk.pruned.keras").is_file()

@@ -1,0 +1,148 @@
+"""The structured-pruning stage: remove channels in rounds until a target or the accuracy budget
+(:func:`pipeline.structured.iterate`), and the per-layer sensitivity analysis.
+
+``shrink`` writes ``models/<stem>.shrunk.keras``: an ordinary, narrower Keras model that convert,
+validate and TF-MOT's prune take like any other (``--model``). The round-by-round history goes into
+its record and into ``tflite_out/<stem>.shrunk.md`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from . import litert
+from .artifacts import OUT_DIR, file_hash, make_record, model_stem, read_record, require, reuse_if_current, \
+    trained_path, write_bytes, write_text
+from .compare import scatter_png
+from .convert import representative_data, to_tflite
+from .data import Dataset, load_dataset
+from .errors import PipelineError
+from .keras_io import check_fits_data, load_model, save_model
+from .params import Params
+from .structured import iterate, sensitivity
+from .train import split_accuracies
+
+
+def shrunk_path(stem: str) -> Path:
+    return trained_path(stem).with_name(f"{stem}.shrunk.keras")
+
+
+def int8_latency(params: Params, data: Dataset):
+    """model -> median single-image latency (ms, 1 thread) of its full-integer int8 conversion."""
+    representative = representative_data(data.x_train, params.convert.representative_samples, params.seed)
+    v = params.validate
+
+    def measure(model) -> float:
+        with tempfile.TemporaryDirectory(prefix="shrink-") as tmp:
+            path = Path(tmp) / "m.int8.tflite"
+            path.write_bytes(to_tflite(model, "int8", representative))
+            _, (latency,) = litert.evaluate(path, data.x_val[:8], 8, [1], v.warmup_runs, v.latency_runs)
+        return latency["p50"]
+
+    return measure
+
+
+def _source(params: Params, model_path: Path | None):
+    source = model_path or require(trained_path(params.name), "mobiledeploy train")
+    if (read_record(source) or {}).get("stage") in ("prune", "shrink"):
+        raise PipelineError(f"{source} is already pruned; give the trained model it came from")
+    model = load_model(source)
+    data = load_dataset(params.data, params.seed)
+    check_fits_data(model, data, source)
+    return source, model, data
+
+
+def shrink(params: Params, model_path: Path | None = None) -> Path:
+    """Structured pruning of the trained model (or ``model_path``); writes ``models/<stem>.shrunk.keras``."""
+    source, model, data = _source(params, model_path)
+    stem = model_stem(source)
+    out = shrunk_path(stem)
+    used = {**params.subset("data", "structured"), "validate": params.section("validate")}
+    planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
+                          parent=str(source), dataset=data.source)
+    if reuse_if_current(out, planned):
+        print(f"shrink: {out} is up to date (same model, data, params and versions); nothing to do", flush=True)
+        return out
+    s = params.structured
+    print(f"shrink: up to {s.max_rounds} rounds of removing {s.fraction:.0%} of the channels (ranked by "
+          f"{s.criterion}, {s.scope}), {s.finetune_epochs} fine-tuning epochs each; target {s.target} <= "
+          f"{s.target_ratio:.0%}, accuracy budget {s.accuracy_budget}", flush=True)
+    start = time.perf_counter()
+    kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
+    metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1), "history": history}
+    save_model(kept, out, {**planned, "metrics": metrics})
+    write_text(OUT_DIR / f"{stem}.shrunk.md", history_markdown(stem, s, history))
+    write_bytes(OUT_DIR / f"{stem}.shrunk.png", history_png(history))
+    kept_row = [h for h in history if h["within_budget"]][-1]
+    print(f"shrink: kept round {kept_row['round']}: {kept_row['macs'] / history[0]['macs']:.0%} of the MACs, "
+          f"p50 {kept_row['p50_ms']:.3f} ms (from {history[0]['p50_ms']:.3f}), test {metrics['test_accuracy']:.4f} "
+          f"-> {out}", flush=True)
+    return out
+
+
+def history_markdown(stem: str, s, history: list[dict]) -> str:
+    lines = [f"# Structured pruning of {stem}\n\nEach round removes {s.fraction:.0%} of the remaining channels "
+             f"(ranked by {s.criterion}, {s.scope}) and fine-tunes for {s.finetune_epochs} epochs. Latency: "
+             "int8, one image, 1 thread, p50.\n",
+             "| round | params | MACs | val accuracy | p50 ms | within budget |", "|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {h['round']} | {h['params']:,} | {h['macs']:,} | {100 * h['val_accuracy']:.2f} | {h['p50_ms']:.3f} "
+              f"| {'yes' if h['within_budget'] else 'no'} |" for h in history]
+    return "\n".join(lines) + "\n"
+
+
+def history_png(history: list[dict]) -> bytes:
+    biggest = max(h["params"] for h in history)
+    points = [(f"round {h['round']}", h["macs"], 100 * h["val_accuracy"], 40 + 600 * h["params"] / biggest,
+               f"{h['p50_ms']:.3f} ms") for h in history]
+    return scatter_png(points, "MACs per image (log scale)", "validation accuracy (%)",
+                       "Structured pruning, round by round; marker area = parameters")
+
+
+def sensitivity_report(params: Params, model_path: Path | None = None) -> Path:
+    """Validation accuracy after removing 10/25/50/75% of each layer's channels alone (no retraining);
+    writes ``tflite_out/<stem>.sensitivity.md`` and ``.png``."""
+    source, model, data = _source(params, model_path)
+    stem = model_stem(source)
+    base, rows = sensitivity(model, data, params.structured.criterion)
+    ratios = sorted({r["ratio"] for r in rows})
+    lines = [f"# Sensitivity of {stem}\n\nValidation accuracy (%) after removing a share of one layer's channels "
+             f"(ranked by {params.structured.criterion}), the rest untouched, no retraining. Unpruned: "
+             f"{100 * base:.2f}.\n", "| layer | channels | " + " | ".join(f"{r:.0%}" for r in ratios) + " |",
+             "|---|---:|" + "---:|" * len(ratios)]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(" + ".join(r["layers"]), []).append(r)
+    for name, found in groups.items():
+        lines.append(f"| {name} | {found[0]['channels']} | " +
+                     " | ".join(f"{100 * r['val_accuracy']:.2f}" for r in found) + " |")
+    out = OUT_DIR / f"{stem}.sensitivity.md"
+    write_text(out, "\n".join(lines) + "\n")
+    write_bytes(OUT_DIR / f"{stem}.sensitivity.png", sensitivity_png(groups, base))
+    print(f"sensitivity: {len(groups)} layers -> {out}", flush=True)
+    return out
+
+
+def sensitivity_png(groups: dict[str, list[dict]], base: float) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for name, found in groups.items():
+        ax.plot([100 * r["ratio"] for r in found], [100 * r["val_accuracy"] for r in found], marker="o", label=name)
+    ax.axhline(100 * base, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("channels removed from this layer alone (%)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Per-layer sensitivity (no retraining)")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
