@@ -113,8 +113,13 @@ class PruneParams:
     min_weights: int = 0
     batch_size: int = 128
     learning_rate: float = 5e-4
+    sparsity_m_by_n: Optional[list[int]] = None
+    policy: Optional[Literal["xnnpack"]] = None
 
     def validate(self) -> None:
+        if self.sparsity_m_by_n is not None:
+            _check(self.sparsity_m_by_n == [2, 4], "prune.sparsity_m_by_n",
+                   f"must be null or [2, 4] (the M-by-N sparsity TF-MOT supports), got {self.sparsity_m_by_n}")
         for key in ("initial_sparsity", "final_sparsity"):
             value = getattr(self, key)
             _check(0 <= value < 1, f"prune.{key}", f"must be in [0, 1), got {value}")

@@ -33,13 +33,30 @@ def make_schedule(p: PruneParams, steps_per_epoch: int):
 PRUNABLE = ("Conv2D", "Dense", "SeparableConv2D")
 
 
-def wrap_for_pruning(model, schedule, min_weights: int = 0):
+def wrap_for_pruning(model, schedule, min_weights: int = 0, m_by_n: list[int] | None = None,
+                     policy: str | None = None):
     """A clone of ``model`` with each prunable layer of at least ``min_weights`` kernel weights wrapped
     by ``prune_low_magnitude``; smaller layers (typically the first convolution and the 1x1
-    bottleneck: few weights, much damage when pruned) stay dense."""
+    bottleneck: few weights, much damage when pruned) stay dense.
+
+    ``m_by_n`` ([2, 4]) asks TF-MOT for structured M-by-N sparsity instead of the schedule's target:
+    at least N - M zeros in every block of N consecutive weights along the input channels.
+    ``policy="xnnpack"`` prunes only what XNNPACK's sparse inference can use, and refuses a model that
+    does not fit its requirements (TF-MOT's ``PruneForLatencyOnXNNPack``)."""
+    allow = lambda layer: True  # noqa: E731
+    if policy == "xnnpack":
+        xnnpack = sparsity.PruneForLatencyOnXNNPack()
+        try:
+            xnnpack.ensure_model_supports_pruning(model)
+        except ValueError as exc:
+            raise PipelineError(f"prune.policy xnnpack: {model.name} does not fit XNNPACK sparse inference: "
+                                f"{str(exc).strip().splitlines()[0]} (README, 'Pruning for XNNPACK')") from None
+        allow = xnnpack.allow_pruning
+    extra = {"sparsity_m_by_n": tuple(m_by_n)} if m_by_n else {}
+
     def wrap(layer):
-        if type(layer).__name__ in PRUNABLE and layer_cost(layer).prunable >= min_weights:
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
+        if type(layer).__name__ in PRUNABLE and layer_cost(layer).prunable >= min_weights and allow(layer):
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
         return layer.__class__.from_config(layer.get_config())
 
     return keras.models.clone_model(model, clone_function=wrap)
@@ -69,7 +86,7 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     """
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / p.batch_size)
-    wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights)
+    wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
     hold = p.end_epoch * steps
     target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
     keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), p.batch_size, seed),

@@ -61,6 +61,8 @@ def test_wrong_type_is_rejected(tmp_path):
     ("zoo.variants=[vgg]", r"zoo\.variants: unknown architecture 'vgg'"),
     ("zoo.variants=[tiny, tiny]", r"zoo\.variants: names a variant twice"),
     ("data.tasks=[top_left]", r"data\.tasks: only a multi-task source"),
+    ("prune.sparsity_m_by_n=[1, 4]", r"prune\.sparsity_m_by_n: must be null or \[2, 4\]"),
+    ("prune.policy=gpu", r"prune\.policy: expected one of 'xnnpack' or null"),
     ("structured.fraction=1.0", r"structured\.fraction: must be in \(0, 1\)"),
     ("structured.criterion=random", r"structured\.criterion: expected one of 'l1', 'l2'"),
     ("structured.target_ratio=0", r"structured\.target_ratio: must be in \(0, 1\]"),

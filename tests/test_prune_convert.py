@@ -77,3 +77,20 @@ def test_layers_below_min_weights_stay_dense(trained):
         if cost.prunable:
             expected = 0.6 if cost.prunable >= 500 else 0.0
             assert cost.zeros / cost.prunable == pytest.approx(expected, abs=0.05), cost.name
+
+
+def test_two_by_four_sparsity_leaves_two_zeros_in_every_block_of_four_input_channels(trained):
+    p = PruneParams(final_sparsity=0.5, epochs=2, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
+                    sparsity_m_by_n=[2, 4])
+    _, stripped, _ = prune_model(trained, DATA, p, seed=0)
+    kernel = stripped.get_layer("stage2_conv").get_weights()[0]  # (3, 3, 8 in, 8 out)
+    blocks = np.moveaxis(kernel, 2, -1).reshape(-1, 4)
+    assert (blocks == 0).sum(axis=1).min() >= 2
+
+
+def test_the_xnnpack_policy_refuses_a_model_it_cannot_run_sparse_saying_why(trained):
+    from pipeline.errors import PipelineError
+
+    p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, policy="xnnpack")
+    with pytest.raises(PipelineError, match="does not fit XNNPACK sparse inference: .*Conv2D 3x3.*stride 2x2"):
+        prune_model(trained, DATA, p, seed=0)
