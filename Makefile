@@ -12,15 +12,16 @@ ARGS := --params $(PARAMS)
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all train prune convert validate check gates zoo mtl-compare pictures samples test data debian-dataset \
-        clean help
+.PHONY: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare pictures \
+        samples test data debian-dataset clean help
 .DELETE_ON_ERROR:
 
 all: check
 
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: all train prune convert validate check gates zoo mtl-compare pictures samples test data clean"
+	@echo "targets: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare"
+	@echo "         pictures samples test data clean"
 
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +83,18 @@ zoo: $(VENV_STAMP) | data
 mtl-compare: $(VENV_STAMP) | data
 	$(CLI) mtl-compare $(ARGS)
 
+# Structured pruning (channels removed in rounds) of the trained model -> models/<name>.shrunk.keras.
+shrink: $(TRAINED)
+	$(CLI) shrink $(ARGS)
+
+# Each layer's validation accuracy with 10-75% of its channels removed, no retraining.
+sensitivity: $(TRAINED)
+	$(CLI) sensitivity $(ARGS)
+
+# Unpruned, magnitude, structured, structured + magnitude and one-shot models, int8, in one table.
+prune-compare: $(TRAINED) $(PRUNED) shrink
+	$(CLI) prune-compare $(ARGS)
+
 # A grid of training images with their labels, in tflite_out/pictures/.
 samples: $(VENV_STAMP) | data
 	$(CLI) samples $(ARGS)
@@ -95,4 +108,4 @@ test: $(VENV_STAMP) data
 
 clean:
 	rm -rf $(BUILD) models/*.keras models/*.json tflite_out/*.tflite tflite_out/*.json tflite_out/*.md \
-	  tflite_out/zoo tflite_out/mtl tflite_out/pictures
+	  tflite_out/zoo tflite_out/mtl tflite_out/pictures tflite_out/prune_compare tflite_out/*.png

@@ -101,6 +101,15 @@ def sensitivity(params, model_path, **_):
     sensitivity_report(params, model_path)
 
 
+@cli.command("prune-compare")
+@stage_options
+def prune_compare(params, **_):
+    """Unpruned, magnitude, structured, structured + magnitude and one-shot pruning, all int8, in one table."""
+    from .prune_compare import prune_compare as run
+
+    run(params)
+
+
 @cli.command()
 @MODEL_OPTION
 @stage_options

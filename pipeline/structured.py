@@ -329,3 +329,21 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
         if row[key] <= s.target_ratio * start[key]:
             break
     return kept, history
+
+
+def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = None):
+    """``model`` cut in one step to the per-layer widths of ``like`` (a model it was pruned to), keeping
+    the best channels by ``criterion`` (default ``s.criterion``), then fine-tuned for
+    ``s.finetune_epochs``: the baseline that iteration, and each criterion, are compared with."""
+    import dataclasses
+
+    criterion = criterion or s.criterion
+    graph = ChannelGraph(model)
+    scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    keep = {}
+    for space in graph.prunable():
+        width = like.get_layer(space.producers[0]).get_weights()[0].shape[-1]
+        keep[space.id] = np.sort(np.argsort(scores[space.id], kind="stable")[space.channels - width:])
+    narrow = remove_channels(model, keep)
+    finetune(narrow, data, dataclasses.replace(s, criterion=criterion), train_p, seed)
+    return narrow

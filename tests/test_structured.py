@@ -178,3 +178,12 @@ def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_o
     report = json.loads((copy_of_smoke / "tflite_out" / "smoke.shrunk.report.json").read_text())
     assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
     assert (copy_of_smoke / "models" / "smoke.shrunk.pruned.keras").is_file()
+    run_cli("prune-compare", *SMOKE, *shrink, cwd=copy_of_smoke)
+    result = json.loads((copy_of_smoke / "tflite_out" / "prune_compare" / "prune_compare.json").read_text())
+    labels = [r["model"] for r in result["rows"]]
+    assert labels[:4] == ["unpruned", "magnitude (50%)", "structured (l1, 2 rounds)", "structured + magnitude"]
+    assert [label.split("(")[1].rstrip(")") for label in labels[4:]] == ["l1", "l2", "mean_activation", "apoz", "taylor"]
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["structured (l1, 2 rounds)"]["macs"] < rows["unpruned"]["macs"] == rows["magnitude (50%)"]["macs"]
+    assert rows["structured + magnitude"]["sparsity"] > 0.3 and rows["unpruned"]["sparsity"] == 0
+    assert all(r["macs"] == rows["structured (l1, 2 rounds)"]["macs"] for r in result["rows"][4:])  # the same widths
