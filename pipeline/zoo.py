@@ -7,6 +7,7 @@ Each variant is trained by the train stage as ``models/zoo_<variant>.keras``, co
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .architectures import resolve
@@ -19,8 +20,8 @@ ZOO_DIR = OUT_DIR / "zoo"
 
 def variant_params(params: Params, variant: str) -> Params:
     """``params`` with the registered variant's own hyperparameters and a name of its own."""
-    return params.overlay({"name": f"zoo_{variant}",
-                           "model": {"architecture": variant, "width": None, "options": {}}})
+    model = dataclasses.replace(params.model, architecture=variant, width=None, options={})
+    return dataclasses.replace(params, name=f"zoo_{variant}", model=model)
 
 
 def zoo(params: Params, out_dir: Path = ZOO_DIR) -> Path:
