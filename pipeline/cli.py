@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .artifacts import pruned_path, report_path, require, tflite_path, trained_path, write_bytes
+from .artifacts import pruned_path, report_path, require, tflite_path, trained_path
 from .errors import PipelineError
 from .params import load_params, param_files
 
@@ -172,7 +172,7 @@ def summary(params, model_path, untrained, **_):
         data = load_dataset(params.data, params.seed)
         m = params.model
         model = build(m.architecture, data.input_shape, data.num_classes, width=m.width, dropout=m.dropout,
-                      options=m.options)
+                      options=m.options, tasks=data.tasks)
     else:
         model = load_model(model_path or require(trained_path(params.name), "mobiledeploy train"))
     click.echo(summary_table(model_costs(model)))
@@ -212,14 +212,11 @@ def mtl_compare(params, **_):
 def samples(params, count, **_):
     """A PNG grid of training images with their labels (one per task), to look at the data."""
     from .data import load_dataset
-    from .pictures import PICTURES_DIR, samples_png
+    from .pictures import samples as run
 
     if not 1 <= count <= 200:
         raise PipelineError(f"--count {count}: draw between 1 and 200 images")
-    data = load_dataset(params.data, params.seed)
-    out = PICTURES_DIR / f"{params.name}.samples.png"
-    write_bytes(out, samples_png(data, count))
-    click.echo(f"samples: wrote {out}")
+    click.echo(f"samples: wrote {run(load_dataset(params.data, params.seed), count, params.name)}")
 
 
 @cli.command()
@@ -235,7 +232,8 @@ def pictures(params, model_path, index, **_):
     data = load_dataset(params.data, params.seed)
     if not 0 <= index < len(data.x_test):
         raise PipelineError(f"--image {index}: the test set has images 0 to {len(data.x_test) - 1}")
-    caption = f"test image {index} ({data.class_names[data.y_test[index]]})"
+    labels = data.y_test[index] if data.tasks else [data.y_test[index]]
+    caption = f"test image {index} ({', '.join(data.class_names[int(label)] for label in labels)})"
     for out in run(path, data.x_test[index], caption):
         click.echo(f"pictures: wrote {out}")
 

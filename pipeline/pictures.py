@@ -114,6 +114,12 @@ def samples_png(data, count: int) -> bytes:
     return _png(fig)
 
 
+def samples(data, count: int, name: str, out_dir: Path = PICTURES_DIR) -> Path:
+    path = out_dir / f"{name}.samples.png"
+    write_bytes(path, samples_png(data, count))
+    return path
+
+
 def pictures(model_path: Path, image: np.ndarray, caption: str, out_dir: Path = PICTURES_DIR) -> list[Path]:
     from .keras_io import load_model
 

@@ -191,7 +191,9 @@ def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(t
     assert "min_accuracy:top_left" in (project / "gates" / "multifashion.yaml").read_text()
     run_cli("check", *MULTI, cwd=project)
     run_cli("samples", *MULTI, "--count", "8", cwd=project)
-    assert (project / "tflite_out" / "pictures" / "multifashion.samples.png").is_file()
+    run_cli("pictures", *MULTI, "--image", "1", cwd=project)
+    for kind in ("samples", "filters", "features"):
+        assert (project / "tflite_out" / "pictures" / f"multifashion.{kind}.png").is_file()
 
 
 def test_mtl_compare_trains_every_variant_and_sums_the_single_task_models(tmp_path):
