@@ -31,8 +31,8 @@ class Space:
     id: int
     channels: int
     producers: list[str]
-    activation: str | None = None  # first ReLU/Activation layer on these channels
-    output: str | None = None      # the first producer's layer name if it is not activated (e.g. linear projections)
+    activation: str | None = None  # the first ReLU/Activation on these channels (after the last Add, if tied)
+    output: str | None = None      # where to read them when nothing activates them: the producer, or the Add
     prunable: bool = True
 
 
@@ -76,7 +76,7 @@ class ChannelGraph:
                 if kind in ("ReLU", "Activation") and spaces[0] is not None and self.spaces[spaces[0]].activation is None:
                     self.spaces[spaces[0]].activation = name
             elif kind == "Add":
-                self.space_of[name] = self.union(spaces)
+                self.space_of[name] = self.union(spaces, name)
             elif kind == "Flatten":
                 h, w, c = self.layers[name].input_shape[1:]
                 self.flatten_input[name] = (h, w, c, spaces[0])
@@ -94,7 +94,7 @@ class ChannelGraph:
             sid = self._parent[sid]
         return sid
 
-    def union(self, sids: list[int | None]) -> int | None:
+    def union(self, sids: list[int | None], add: str) -> int | None:
         if any(s is None for s in sids):  # tied to the input's channels: none of them can go
             for s in sids:
                 if s is not None:
@@ -107,15 +107,11 @@ class ChannelGraph:
                 mine, theirs = self.spaces[root], self.spaces.pop(other)
                 mine.producers += theirs.producers
                 mine.prunable = mine.prunable and theirs.prunable
-                mine.activation = None  # after an Add, the activation that matters is the one after it
+        self.spaces[root].activation, self.spaces[root].output = None, add  # what the next layers see is the sum
         return root
 
     def prunable(self) -> list[Space]:
         """Spaces whose channels may be removed, in the model's order."""
-        for name, sid in self.space_of.items():  # activation of a tied space: the first ReLU after the Add
-            space = self.spaces.get(self.find(sid)) if sid is not None else None
-            if space is not None and space.activation is None and type(self.layers[name]).__name__ in ("ReLU", "Activation"):
-                space.activation = name
         return [s for s in self.spaces.values() if s.prunable and s.channels > 1]
 
     def space(self, name: str) -> int | None:
