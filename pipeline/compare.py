@@ -9,7 +9,6 @@ that they share the machine's conditions.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from pathlib import Path
 
@@ -75,12 +74,9 @@ def measure(variants: dict[str, Params], out_dir: Path, label: str) -> list[dict
 def scatter_png(points: list[tuple[str, float, float, float, str]], xlabel: str, ylabel: str, title: str,
                 log_x: bool = True) -> bytes:
     """A labelled scatter plot; ``points`` are (label, x, y, marker area, note). PNG bytes."""
-    import matplotlib
+    from .pictures import png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(8, 5.5), dpi=110)
     for name, x, y, area, note in points:
         ax.scatter(x, y, s=area, alpha=0.55)
         ax.annotate(f"{name}\n{note}", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=7)
@@ -91,7 +87,4 @@ def scatter_png(points: list[tuple[str, float, float, float, str]], xlabel: str,
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

@@ -16,7 +16,8 @@ PICTURES_DIR = OUT_DIR / "pictures"
 MAPS_PER_STAGE = 16
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,10 +26,11 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -54,7 +56,7 @@ def stage_outputs(model) -> list:
 
 def filters_png(model) -> bytes:
     """One tile per filter of the first convolution (averaged over input channels), each scaled to its own range."""
-    plt = _pyplot()
+    plt = pyplot()
     layer = first_conv(model)
     kernel = layer.get_weights()[0].mean(axis=2)  # (kh, kw, filters)
     count = kernel.shape[-1]
@@ -66,14 +68,14 @@ def filters_png(model) -> bytes:
         if i < count:
             ax.imshow(kernel[:, :, i], cmap="gray", interpolation="nearest")
     fig.suptitle(f"{model.name}: the {count} filters of {layer.name} ({kernel.shape[0]}x{kernel.shape[1]})", fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
 def features_png(model, image: np.ndarray, caption: str) -> bytes:
     """The image, then up to 16 feature maps after each stage, one row per stage, with its spatial size."""
     from .tf import keras
 
-    plt = _pyplot()
+    plt = pyplot()
     layers = stage_outputs(model)
     probe = keras.Model(model.inputs, [layer.output for layer in layers])
     maps = probe(image[None].astype(np.float32), training=False)
@@ -91,12 +93,12 @@ def features_png(model, image: np.ndarray, caption: str) -> bytes:
             elif col - 1 < fmap.shape[-1]:
                 ax.imshow(fmap[:, :, col - 1], cmap="viridis", interpolation="nearest")
     fig.suptitle(f"{model.name}: feature maps of {caption} after each stage", fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
 def samples_png(data, count: int) -> bytes:
     """The first ``count`` training images in a grid, each titled with its label (per task)."""
-    plt = _pyplot()
+    plt = pyplot()
     count = min(count, len(data.x_train))
     cols = min(8, count)
     rows = -(-count // cols)
@@ -111,7 +113,7 @@ def samples_png(data, count: int) -> bytes:
         ax.set_title("\n".join(data.class_names[int(label)] for label in labels), fontsize=6)
     tasks = f" (labels: {', '.join(data.tasks)})" if data.tasks else ""
     fig.suptitle(f"{data.source.split(' (')[0]}: {count} training images{tasks}", fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
 def samples(data, count: int, name: str, out_dir: Path = PICTURES_DIR) -> Path:

@@ -95,22 +95,37 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     return wrapped, sparsity.strip_pruning(wrapped), keep
 
 
-def prune(params: Params, model_path: Path | None = None) -> Path:
-    """Prune the trained model (or a user's ``model_path``); write ``models/<stem>.pruned.keras``."""
+def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]):
+    """(path, model, data) for a stage that starts from the trained model (or a user's ``model_path``),
+    refusing a model made by one of the stages in ``refuse`` and one that does not fit the data."""
     source = model_path or require(trained_path(params.name), "mobiledeploy train")
-    if (read_record(source) or {}).get("stage") == "prune":
-        raise PipelineError(f"{source} is already a pruned model; give the trained model it came from")
+    stage = (read_record(source) or {}).get("stage")
+    if stage in refuse:
+        raise PipelineError(f"{source} is already a {'shrunk' if stage == 'shrink' else 'pruned'} model; "
+                            "give the trained model it came from")
     model = load_model(source)
     if any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers):
-        raise PipelineError(f"{source} still holds pruning wrappers; prune expects a trained, unwrapped model")
+        raise PipelineError(f"{source} still holds pruning wrappers; give a trained, unwrapped model")
     data = load_dataset(params.data, params.seed)
     check_fits_data(model, data, source)
+    return source, model, data
+
+
+def multitask_settings(params: Params, data: Dataset) -> dict:
+    """The training settings a fine-tuning stage uses on multi-task data (task weighting, soft-sharing
+    penalty), for its record and key; nothing for single-task data."""
+    if not data.tasks:
+        return {}
+    t = params.train
+    return {"multitask": {"task_weights": t.task_weights, "loss_weighting": t.loss_weighting,
+                          "sharing_penalty": t.sharing_penalty, "sharing_coefficient": t.sharing_coefficient}}
+
+
+def prune(params: Params, model_path: Path | None = None) -> Path:
+    """Prune the trained model (or a user's ``model_path``); write ``models/<stem>.pruned.keras``."""
+    source, model, data = load_parent(params, model_path, refuse=("prune",))
     out = pruned_path(model_stem(source))
-    used = params.subset("data", "prune")
-    if data.tasks:  # a multi-task model is fine-tuned with the training's task weighting and penalty
-        t = params.train
-        used["multitask"] = {"task_weights": t.task_weights, "loss_weighting": t.loss_weighting,
-                             "sharing_penalty": t.sharing_penalty, "sharing_coefficient": t.sharing_coefficient}
+    used = {**params.subset("data", "prune"), **multitask_settings(params, data)}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     if reuse_if_current(out, planned):

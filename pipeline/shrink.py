@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 from . import litert
-from .artifacts import OUT_DIR, file_hash, make_record, model_stem, read_record, require, reuse_if_current, \
-    trained_path, write_bytes, write_text
+from .artifacts import OUT_DIR, file_hash, make_record, model_stem, reuse_if_current, trained_path, write_bytes, \
+    write_text
 from .compare import scatter_png
 from .convert import representative_data, to_tflite
-from .data import Dataset, load_dataset
-from .errors import PipelineError
-from .keras_io import check_fits_data, load_model, save_model
+from .data import Dataset
+from .keras_io import save_model
 from .params import Params
+from .pictures import png, pyplot
+from .prune import load_parent, multitask_settings
 from .structured import iterate, sensitivity
 from .train import split_accuracies
 
@@ -44,22 +45,13 @@ def int8_latency(params: Params, data: Dataset):
     return measure
 
 
-def _source(params: Params, model_path: Path | None):
-    source = model_path or require(trained_path(params.name), "mobiledeploy train")
-    if (read_record(source) or {}).get("stage") in ("prune", "shrink"):
-        raise PipelineError(f"{source} is already pruned; give the trained model it came from")
-    model = load_model(source)
-    data = load_dataset(params.data, params.seed)
-    check_fits_data(model, data, source)
-    return source, model, data
-
-
 def shrink(params: Params, model_path: Path | None = None) -> Path:
     """Structured pruning of the trained model (or ``model_path``); writes ``models/<stem>.shrunk.keras``."""
-    source, model, data = _source(params, model_path)
+    source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     stem = model_stem(source)
     out = shrunk_path(stem)
-    used = {**params.subset("data", "structured"), "validate": params.section("validate")}
+    used = {**params.subset("data", "structured"), "validate": params.section("validate"),
+            **multitask_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     if reuse_if_current(out, planned):
@@ -103,7 +95,7 @@ def history_png(history: list[dict]) -> bytes:
 def sensitivity_report(params: Params, model_path: Path | None = None) -> Path:
     """Validation accuracy after removing 10/25/50/75% of each layer's channels alone (no retraining);
     writes ``tflite_out/<stem>.sensitivity.md`` and ``.png``."""
-    source, model, data = _source(params, model_path)
+    source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     stem = model_stem(source)
     base, rows = sensitivity(model, data, params.structured.criterion)
     ratios = sorted({r["ratio"] for r in rows})
@@ -125,13 +117,7 @@ def sensitivity_report(params: Params, model_path: Path | None = None) -> Path:
 
 
 def sensitivity_png(groups: dict[str, list[dict]], base: float) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for name, found in groups.items():
         ax.plot([100 * r["ratio"] for r in found], [100 * r["val_accuracy"] for r in found], marker="o", label=name)
@@ -142,7 +128,4 @@ def sensitivity_png(groups: dict[str, list[dict]], base: float) -> bytes:
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
