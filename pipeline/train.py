@@ -80,6 +80,7 @@ def fit_target(model, data: Dataset, p: TrainParams, rate):
     trainer = MultiTaskTrainer(model, data.tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty,
                                p.sharing_coefficient)
     trainer.compile(optimizer=keras.optimizers.Adam(rate))
+    trainer(tf.zeros((1, *data.input_shape)))  # built before fit, so BackupAndRestore can restore its optimizer
     return trainer
 
 
