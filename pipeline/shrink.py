@@ -75,12 +75,16 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
 
 
 def history_markdown(stem: str, s, history: list[dict]) -> str:
+    tasks = [t for t in history[0]["val_tasks"] if len(history[0]["val_tasks"]) > 1]
     lines = [f"# Structured pruning of {stem}\n\nEach round removes {s.fraction:.0%} of the remaining channels "
-             f"(ranked by {s.criterion}, {s.scope}) and fine-tunes for {s.finetune_epochs} epochs. Latency: "
+             f"(ranked by {s.criterion}, {s.scope}) and fine-tunes for {s.finetune_epochs} epochs. Accuracy in %; "
+             f"within budget: no task more than {100 * s.accuracy_budget:g} points below round 0. Latency: "
              "int8, one image, 1 thread, p50.\n",
-             "| round | params | MACs | val accuracy | p50 ms | within budget |", "|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {h['round']} | {h['params']:,} | {h['macs']:,} | {100 * h['val_accuracy']:.2f} | {h['p50_ms']:.3f} "
-              f"| {'yes' if h['within_budget'] else 'no'} |" for h in history]
+             "| round | params | MACs | val accuracy | " + "".join(f"val {t} | " for t in tasks) +
+             "p50 ms | within budget |", "|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---|"]
+    lines += [f"| {h['round']} | {h['params']:,} | {h['macs']:,} | {100 * h['val_accuracy']:.2f} | " +
+              "".join(f"{100 * h['val_tasks'][t]:.2f} | " for t in tasks) +
+              f"{h['p50_ms']:.3f} | {'yes' if h['within_budget'] else 'no'} |" for h in history]
     return "\n".join(lines) + "\n"
 
 

@@ -251,12 +251,23 @@ def remove_channels(model, keep: dict[int, np.ndarray]):
     return narrow
 
 
-def val_accuracy(model, data) -> float:
-    """Validation accuracy (the mean over tasks for a multi-task model)."""
+def val_accuracies(model, data) -> dict[str, float]:
+    """Validation accuracy per task (``{"label": ...}`` for a single-task model)."""
     from .train import accuracy
 
     found = accuracy(model, data.x_val, data.y_val, data.tasks)
-    return float(np.mean(list(found.values()))) if isinstance(found, dict) else found
+    return found if isinstance(found, dict) else {"label": found}
+
+
+def val_accuracy(model, data) -> float:
+    """Validation accuracy (the mean over tasks for a multi-task model)."""
+    return float(np.mean(list(val_accuracies(model, data).values())))
+
+
+def within_budget(start: dict, row: dict, budget: float) -> bool:
+    """True if no task's validation accuracy in ``row`` is more than ``budget`` below ``start``'s (history
+    rows of :func:`iterate`): on a multi-task model, one task may not pay for the other."""
+    return all(start["val_tasks"][t] - acc <= budget for t, acc in row["val_tasks"].items())
 
 
 def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> tuple[float, list[dict]]:
@@ -295,7 +306,8 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
     """Prune, fine-tune, repeat: each round removes ``s.fraction`` of the remaining channels (ranked by
     ``s.criterion``, per layer or globally) and fine-tunes. Stops when ``s.target`` (MACs, params, or
     int8 p50 from ``latency(model)``) is at or below ``s.target_ratio`` of the start, when the
-    validation accuracy has dropped by more than ``s.accuracy_budget``, or after ``s.max_rounds``.
+    validation accuracy (of any task) has dropped by more than ``s.accuracy_budget``, or after
+    ``s.max_rounds``.
 
     Returns the last model within the budget and one history row per round (round 0: the start).
     """
@@ -303,8 +315,10 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
 
     def measure(m, round_: int) -> dict:
         cost = totals(model_costs(m))
+        tasks = {t: round(a, 5) for t, a in val_accuracies(m, data).items()}
         return {"round": round_, "params": cost["params"], "macs": cost["macs"],
-                "val_accuracy": round(val_accuracy(m, data), 5), "p50_ms": latency(m)}
+                "val_accuracy": round(float(np.mean(list(tasks.values()))), 5), "val_tasks": tasks,
+                "p50_ms": latency(m)}
 
     start = measure(model, 0)
     history = [{**start, "within_budget": True}]
@@ -314,7 +328,7 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
         narrow = remove_channels(current, choose(scores, s.fraction, s.scope))
         finetune(narrow, data, s, train_p, seed + r)
         row = measure(narrow, r)
-        row["within_budget"] = start["val_accuracy"] - row["val_accuracy"] <= s.accuracy_budget
+        row["within_budget"] = within_budget(start, row, s.accuracy_budget)
         history.append(row)
         print(f"structured: round {r}: {row['params']:,} params, {row['macs']:,} MACs, val {row['val_accuracy']:.4f}, "
               f"p50 {row['p50_ms']:.3f} ms{'' if row['within_budget'] else ' (over the accuracy budget)'}", flush=True)

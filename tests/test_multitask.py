@@ -156,6 +156,25 @@ def test_multi_output_model_prunes_and_converts_keeping_task_names(tmp_path):
         assert np.mean(predictions[task] == keras_labels[task]) >= 0.9
 
 
+def test_structured_rounds_on_a_multi_task_model_track_each_task_and_keep_both_heads():
+    from pipeline.params import StructuredParams
+    from pipeline.shrink import history_markdown
+    from pipeline.structured import iterate
+
+    data = multi_data()
+    keras.utils.set_random_seed(0)
+    model = architectures.build("tiny", (12, 12, 1), 3, tasks=TASKS)
+    fit(MultiTaskTrainer(model, TASKS), data, epochs=6)
+    s = StructuredParams(fraction=0.25, max_rounds=2, finetune_epochs=1, batch_size=32, accuracy_budget=1.0,
+                         target_ratio=0.01)
+    kept, history = iterate(model, data, s, TrainParams(), seed=0, latency=lambda m: 0.0)
+    assert len(history) == 3 and all(sorted(h["val_tasks"]) == sorted(TASKS) for h in history)
+    assert history[2]["macs"] < history[0]["macs"] and sorted(kept.output_names) == sorted(TASKS)
+    assert [o.shape[-1] for o in kept.outputs] == [3, 3]
+    table = history_markdown("m", s, history)
+    assert "| val top_left | val bottom_right |" in table and table.count("| yes |") == 3
+
+
 def entry(top_left, bottom_right):
     tasks = {"top_left": {"accuracy": top_left, "keras_accuracy": top_left, "keras_agreement": 1.0},
              "bottom_right": {"accuracy": bottom_right, "keras_accuracy": bottom_right, "keras_agreement": 1.0}}

@@ -148,6 +148,16 @@ def test_the_accuracy_budget_stops_the_rounds_and_the_kept_model_is_within_it():
     assert totals(model_costs(kept))["params"] == last_good["params"]
 
 
+def test_on_a_multi_task_model_one_task_may_not_pay_for_the_other():
+    from pipeline.structured import within_budget
+
+    start = {"val_tasks": {"a": 0.90, "b": 0.80}}
+    assert within_budget(start, {"val_tasks": {"a": 0.895, "b": 0.795}}, 0.01)
+    # the mean drops by 0.005 only, but task b loses 2 points
+    assert not within_budget(start, {"val_tasks": {"a": 0.91, "b": 0.78}}, 0.01)
+    assert within_budget({"val_tasks": {"label": 0.9}}, {"val_tasks": {"label": 0.89}}, 0.0101)
+
+
 def test_the_rounds_stop_once_the_target_is_reached():
     from pipeline.params import TrainParams
     from pipeline.structured import iterate

@@ -36,7 +36,8 @@ class Dataset:
         return len(self.class_names)
 
     def describe(self) -> str:
-        tasks = f" for each of {len(self.tasks)} tasks ({', '.join(self.tasks)})" if self.tasks else ""
+        tasks = "" if not self.tasks else (f" (task {self.tasks[0]})" if len(self.tasks) == 1 else
+                                          f" for each of {len(self.tasks)} tasks ({', '.join(self.tasks)})")
         return (f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
                 f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes{tasks}")
 
