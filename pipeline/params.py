@@ -142,6 +142,7 @@ class StructuredParams:
     criterion: Literal["l1", "l2", "mean_activation", "apoz", "taylor"] = "l1"
     scope: Literal["layer", "global"] = "layer"
     fraction: float = 0.2
+    layer_fractions: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_rounds: int = 6
     finetune_epochs: int = 2
     batch_size: int = 128
@@ -152,6 +153,11 @@ class StructuredParams:
 
     def validate(self) -> None:
         _check(0 < self.fraction < 1, "structured.fraction", f"must be in (0, 1), got {self.fraction}")
+        for layer, share in self.layer_fractions.items():
+            _check(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
+                   f"structured.layer_fractions.{layer}", f"must be a number in [0, 1), got {share!r}")
+        _check(not self.layer_fractions or self.scope == "layer", "structured.layer_fractions",
+               f"needs scope: layer (scope is {self.scope})")
         _check(self.max_rounds >= 1, "structured.max_rounds", f"must be at least 1, got {self.max_rounds}")
         _check(self.finetune_epochs >= 1, "structured.finetune_epochs",
                f"must be at least 1, got {self.finetune_epochs}")

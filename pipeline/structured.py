@@ -183,18 +183,37 @@ def rank(model, criterion: str, x: np.ndarray | None = None, y=None) -> dict[int
     return activation_scores(graph, spaces, x, y, criterion)
 
 
-def choose(scores: dict[int, np.ndarray], fraction: float, scope: str = "layer") -> dict[int, np.ndarray]:
-    """The channels to keep (sorted indices) per space after removing ``fraction`` of them: the
-    lowest-scored in each space (``layer``), or the lowest across all spaces with scores normalised by
-    each space's mean (``global``). Every space keeps at least one channel."""
-    if not 0 <= fraction < 1:
+def layer_fractions(model, fraction: float, by_layer: dict[str, float]) -> dict[int, float]:
+    """The share of channels to remove from each prunable space: ``fraction``, or the value given in
+    ``by_layer`` for a layer that writes the space (names as in ``mobiledeploy summary``)."""
+    spaces = ChannelGraph(model).prunable()
+    known = {name: space.id for space in spaces for name in space.producers}
+    unknown = sorted(set(by_layer) - set(known))
+    if unknown:
+        raise PipelineError(f"structured.layer_fractions: {', '.join(unknown)}: not a prunable layer of "
+                            f"{model.name}; prunable: {', '.join(known)}")
+    fractions = {space.id: fraction for space in spaces}
+    fractions.update({known[name]: value for name, value in by_layer.items()})
+    return fractions
+
+
+def choose(scores: dict[int, np.ndarray], fraction: float | dict[int, float],
+           scope: str = "layer") -> dict[int, np.ndarray]:
+    """The channels to keep (sorted indices) per space after removing ``fraction`` of them (one share,
+    or one per space, layer scope only): the lowest-scored in each space (``layer``), or the lowest
+    across all spaces with scores normalised by each space's mean (``global``). Every space keeps at
+    least one channel."""
+    fractions = fraction if isinstance(fraction, dict) else dict.fromkeys(scores, fraction)
+    if not all(0 <= f < 1 for f in fractions.values()):
         raise PipelineError(f"fraction of channels to remove must be in [0, 1), got {fraction}")
     keep = {}
     if scope == "layer":
         for sid, s in scores.items():
-            drop = min(int(fraction * len(s)), len(s) - 1)
+            drop = min(int(fractions[sid] * len(s)), len(s) - 1)
             keep[sid] = np.sort(np.argsort(s, kind="stable")[drop:])
         return keep
+    if isinstance(fraction, dict):
+        raise PipelineError("per-layer fractions need scope: layer")
     flat = [(value / (np.mean(s) or 1.0), sid, i) for sid, s in scores.items() for i, value in enumerate(s)]
     flat.sort()
     budget = int(fraction * len(flat))
@@ -304,7 +323,8 @@ def finetune(model, data, s, train_p, seed: int) -> None:
 
 def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
     """Prune, fine-tune, repeat: each round removes ``s.fraction`` of the remaining channels (ranked by
-    ``s.criterion``, per layer or globally) and fine-tunes. Stops when ``s.target`` (MACs, params, or
+    ``s.criterion``, per layer or globally; ``s.layer_fractions`` overrides the share of named layers)
+    and fine-tunes. Stops when ``s.target`` (MACs, params, or
     int8 p50 from ``latency(model)``) is at or below ``s.target_ratio`` of the start, when the
     validation accuracy (of any task) has dropped by more than ``s.accuracy_budget``, or after
     ``s.max_rounds``.
@@ -325,7 +345,8 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
     kept, current = model, model
     for r in range(1, s.max_rounds + 1):
         scores = rank(current, s.criterion, data.x_val, data.labels(data.y_val))
-        narrow = remove_channels(current, choose(scores, s.fraction, s.scope))
+        shares = layer_fractions(current, s.fraction, s.layer_fractions) if s.layer_fractions else s.fraction
+        narrow = remove_channels(current, choose(scores, shares, s.scope))
         finetune(narrow, data, s, train_p, seed + r)
         row = measure(narrow, r)
         row["within_budget"] = within_budget(start, row, s.accuracy_budget)

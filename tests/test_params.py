@@ -66,6 +66,7 @@ def test_wrong_type_is_rejected(tmp_path):
     ("structured.fraction=1.0", r"structured\.fraction: must be in \(0, 1\)"),
     ("structured.criterion=random", r"structured\.criterion: expected one of 'l1', 'l2'"),
     ("structured.target_ratio=0", r"structured\.target_ratio: must be in \(0, 1\]"),
+    ("structured.layer_fractions={stage2_conv: 1.5}", r"structured\.layer_fractions\.stage2_conv: must be a number in \[0, 1\)"),
     ("train.task_weights={top_left: 2}", r"train\.task_weights\.top_left: fashion_mnist has a single task"),
     ("train.sharing_coefficient=-1", r"train\.sharing_coefficient: must be at least 0"),
     ("train.loss_weighting=learned", r"train\.loss_weighting: expected one of 'fixed', 'uncertainty'"),
@@ -73,6 +74,12 @@ def test_wrong_type_is_rejected(tmp_path):
 def test_impossible_values_are_rejected_naming_key_and_allowed_values(override, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", [override])
+
+
+@pytest.mark.bad_input("params")
+def test_per_layer_fractions_need_the_layer_scope():
+    with pytest.raises(ParamsError, match=r"structured\.layer_fractions: needs scope: layer \(scope is global\)"):
+        load_params(ROOT / "params.yaml", ["structured.layer_fractions={stage2_conv: 0.5}", "structured.scope=global"])
 
 
 @pytest.mark.bad_input("params")

@@ -110,6 +110,20 @@ def test_global_choice_removes_the_requested_share_and_keeps_one_channel_per_lay
         choose(scores, 1.0)
 
 
+def test_per_layer_fractions_override_the_share_of_the_named_layers_only():
+    from pipeline.structured import layer_fractions
+
+    model = built("plain_cnn")
+    spaces = {name: space for space in ChannelGraph(model).prunable() for name in space.producers}
+    shares = layer_fractions(model, 0.25, {"stage1_1_conv": 0.0, "stage2_1_conv": 0.5})
+    keep = choose(rank(model, "l1"), shares)
+    for name, space in spaces.items():
+        share = {"stage1_1_conv": 0.0, "stage2_1_conv": 0.5}.get(name, 0.25)
+        assert len(keep[space.id]) == space.channels - int(share * space.channels), name
+    with pytest.raises(PipelineError, match="stage9_conv: not a prunable layer of .*; prunable: stage1_1_conv"):
+        layer_fractions(model, 0.25, {"stage9_conv": 0.5})
+
+
 def trained(name="plain_cnn"):
     from pipeline.train import compile_for_training
 
