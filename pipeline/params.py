@@ -143,6 +143,7 @@ class StructuredParams:
     scope: Literal["layer", "global"] = "layer"
     fraction: float = 0.2
     layer_fractions: dict[str, Any] = dataclasses.field(default_factory=dict)
+    channel_multiple: int = 1
     max_rounds: int = 6
     finetune_epochs: int = 2
     batch_size: int = 128
@@ -157,6 +158,10 @@ class StructuredParams:
             _check(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
                    f"structured.layer_fractions.{layer}", f"must be a number in [0, 1), got {share!r}")
         _check(not self.layer_fractions or self.scope == "layer", "structured.layer_fractions",
+               f"needs scope: layer (scope is {self.scope})")
+        _check(self.channel_multiple >= 1, "structured.channel_multiple",
+               f"must be at least 1, got {self.channel_multiple}")
+        _check(self.channel_multiple == 1 or self.scope == "layer", "structured.channel_multiple",
                f"needs scope: layer (scope is {self.scope})")
         _check(self.max_rounds >= 1, "structured.max_rounds", f"must be at least 1, got {self.max_rounds}")
         _check(self.finetune_epochs >= 1, "structured.finetune_epochs",

@@ -197,23 +197,32 @@ def layer_fractions(model, fraction: float, by_layer: dict[str, float]) -> dict[
     return fractions
 
 
-def choose(scores: dict[int, np.ndarray], fraction: float | dict[int, float],
-           scope: str = "layer") -> dict[int, np.ndarray]:
+def kept_width(channels: int, fraction: float, multiple: int = 1) -> int:
+    """How many of ``channels`` survive removing ``fraction`` of them: at least one, and with
+    ``multiple`` > 1 rounded down to a multiple of it (int8 kernels work on blocks of channels, so
+    only whole blocks save time); a layer already at ``multiple`` channels or fewer is left alone."""
+    kept = channels - min(int(fraction * channels), channels - 1)
+    if multiple > 1 and kept < channels:
+        kept = channels if channels <= multiple else max(multiple, kept // multiple * multiple)
+    return kept
+
+
+def choose(scores: dict[int, np.ndarray], fraction: float | dict[int, float], scope: str = "layer",
+           multiple: int = 1) -> dict[int, np.ndarray]:
     """The channels to keep (sorted indices) per space after removing ``fraction`` of them (one share,
-    or one per space, layer scope only): the lowest-scored in each space (``layer``), or the lowest
-    across all spaces with scores normalised by each space's mean (``global``). Every space keeps at
-    least one channel."""
+    or one per space, layer scope only): the lowest-scored in each space (``layer``, widths rounded
+    by :func:`kept_width`), or the lowest across all spaces with scores normalised by each space's
+    mean (``global``). Every space keeps at least one channel."""
     fractions = fraction if isinstance(fraction, dict) else dict.fromkeys(scores, fraction)
     if not all(0 <= f < 1 for f in fractions.values()):
         raise PipelineError(f"fraction of channels to remove must be in [0, 1), got {fraction}")
     keep = {}
     if scope == "layer":
         for sid, s in scores.items():
-            drop = min(int(fractions[sid] * len(s)), len(s) - 1)
-            keep[sid] = np.sort(np.argsort(s, kind="stable")[drop:])
+            keep[sid] = np.sort(np.argsort(s, kind="stable")[len(s) - kept_width(len(s), fractions[sid], multiple):])
         return keep
-    if isinstance(fraction, dict):
-        raise PipelineError("per-layer fractions need scope: layer")
+    if isinstance(fraction, dict) or multiple > 1:
+        raise PipelineError("per-layer fractions and channel multiples need scope: layer")
     flat = [(value / (np.mean(s) or 1.0), sid, i) for sid, s in scores.items() for i, value in enumerate(s)]
     flat.sort()
     budget = int(fraction * len(flat))
@@ -323,11 +332,11 @@ def finetune(model, data, s, train_p, seed: int) -> None:
 
 def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
     """Prune, fine-tune, repeat: each round removes ``s.fraction`` of the remaining channels (ranked by
-    ``s.criterion``, per layer or globally; ``s.layer_fractions`` overrides the share of named layers)
-    and fine-tunes. Stops when ``s.target`` (MACs, params, or
+    ``s.criterion``, per layer or globally; ``s.layer_fractions`` overrides the share of named layers,
+    ``s.channel_multiple`` rounds the widths) and fine-tunes. Stops when ``s.target`` (MACs, params, or
     int8 p50 from ``latency(model)``) is at or below ``s.target_ratio`` of the start, when the
-    validation accuracy (of any task) has dropped by more than ``s.accuracy_budget``, or after
-    ``s.max_rounds``.
+    validation accuracy (of any task) has dropped by more than ``s.accuracy_budget``, when no channel
+    can be removed, or after ``s.max_rounds``.
 
     Returns the last model within the budget and one history row per round (round 0: the start).
     """
@@ -346,7 +355,11 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
     for r in range(1, s.max_rounds + 1):
         scores = rank(current, s.criterion, data.x_val, data.labels(data.y_val))
         shares = layer_fractions(current, s.fraction, s.layer_fractions) if s.layer_fractions else s.fraction
-        narrow = remove_channels(current, choose(scores, shares, s.scope))
+        keep = choose(scores, shares, s.scope, s.channel_multiple)
+        if all(len(keep[sid]) == len(found) for sid, found in scores.items()):
+            print(f"structured: round {r}: no layer can lose more channels at these settings; stopping", flush=True)
+            break
+        narrow = remove_channels(current, keep)
         finetune(narrow, data, s, train_p, seed + r)
         row = measure(narrow, r)
         row["within_budget"] = within_budget(start, row, s.accuracy_budget)

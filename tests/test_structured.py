@@ -124,6 +124,18 @@ def test_per_layer_fractions_override_the_share_of_the_named_layers_only():
         layer_fractions(model, 0.25, {"stage9_conv": 0.5})
 
 
+def test_widths_are_rounded_down_to_whole_channel_blocks():
+    from pipeline.structured import kept_width
+
+    assert [kept_width(64, 0.25, 16), kept_width(48, 0.25, 16), kept_width(32, 0.25, 16)] == [48, 32, 16]
+    assert kept_width(16, 0.25, 16) == 16 and kept_width(12, 0.5, 16) == 12  # at one block or below: left alone
+    assert kept_width(64, 0.25) == 48 and kept_width(10, 0.25) == 8 and kept_width(2, 0.9) == 1
+    keep = choose({0: np.arange(40.0), 1: np.arange(16.0)}, 0.25, multiple=16)
+    assert len(keep[0]) == 16 and list(keep[0]) == list(range(24, 40)) and len(keep[1]) == 16
+    with pytest.raises(PipelineError, match="need scope: layer"):
+        choose({0: np.arange(40.0)}, 0.25, scope="global", multiple=16)
+
+
 def trained(name="plain_cnn"):
     from pipeline.train import compile_for_training
 
@@ -188,7 +200,7 @@ def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_o
 
     shrink = ("--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
               "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
-              "--set", "structured.target_ratio=0.1")
+              "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
     run_cli("shrink", *SMOKE, *shrink, cwd=copy_of_smoke)
     shrunk = copy_of_smoke / "models" / "smoke.shrunk.keras"
     record = json.loads((copy_of_smoke / "models" / "smoke.shrunk.keras.json").read_text())
