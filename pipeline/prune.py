@@ -17,6 +17,9 @@ from .resume import backup_dir, finish, fit_resumable
 from .train import as_dataset, fit_target, seed_everything, split_accuracies
 
 sparsity = tfmot.sparsity.keras
+# Part of the stage's record key: raised when a fix changes what the same inputs and params produce, so
+# models pruned before it are redone (2: layers left dense kept their trained weights from then on).
+REVISION = 2
 
 
 def make_schedule(p: PruneParams, steps_per_epoch: int):
@@ -35,7 +38,7 @@ PRUNABLE = ("Conv2D", "Dense", "SeparableConv2D")
 
 def wrap_for_pruning(model, schedule, min_weights: int = 0, m_by_n: list[int] | None = None,
                      policy: str | None = None):
-    """A clone of ``model`` with each prunable layer of at least ``min_weights`` kernel weights wrapped
+    """A copy of ``model`` with each prunable layer of at least ``min_weights`` kernel weights wrapped
     by ``prune_low_magnitude``; smaller layers (typically the first convolution and the 1x1
     bottleneck: few weights, much damage when pruned) stay dense.
 
@@ -57,9 +60,13 @@ def wrap_for_pruning(model, schedule, min_weights: int = 0, m_by_n: list[int] | 
     def wrap(layer):
         if type(layer).__name__ in PRUNABLE and layer_cost(layer).prunable >= min_weights and allow(layer):
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
-        return layer.__class__.from_config(layer.get_config())
+        return layer
 
-    return keras.models.clone_model(model, clone_function=wrap)
+    # wrap the layers of a copy that holds the trained weights (and batch-norm statistics): every layer
+    # starts where training left it, and fine-tuning leaves the caller's model untouched
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return keras.models.clone_model(copy, clone_function=wrap)
 
 
 class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -126,8 +133,8 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     source, model, data = load_parent(params, model_path, refuse=("prune",))
     out = pruned_path(model_stem(source))
     used = {**params.subset("data", "prune"), **multitask_settings(params, data)}
-    planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
-                          parent=str(source), dataset=data.source)
+    planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
+                                                       "revision": REVISION}, parent=str(source), dataset=data.source)
     if reuse_if_current(out, planned):
         print(f"prune: {out} is up to date (same model, data, params and versions); nothing to do", flush=True)
         return out

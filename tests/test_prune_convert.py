@@ -41,6 +41,20 @@ def test_stripped_model_gives_the_pruned_models_outputs(trained):
     assert not any(type(layer).__name__ == "PruneLowMagnitude" for layer in stripped.layers)
 
 
+def test_pruning_starts_from_every_trained_weight_and_leaves_the_trained_model_alone(trained):
+    from pipeline.prune import wrap_for_pruning
+    from pipeline.tf import tfmot
+
+    before = [w.copy() for w in trained.get_weights()]
+    later = tfmot.sparsity.keras.ConstantSparsity(0.9, begin_step=10**6)
+    wrapped = wrap_for_pruning(trained, later, min_weights=100)  # the small layers stay unwrapped
+    x = DATA.x_test.astype("float32")
+    assert np.array_equal(wrapped(x, training=False).numpy(), trained(x, training=False).numpy())
+    p = PruneParams(final_sparsity=0.6, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32)
+    prune_model(trained, DATA, p, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
+
+
 def test_schedule_steps_come_from_the_fine_tuning_epochs():
     schedule = make_schedule(PruneParams(epochs=4, begin_epoch=1, end_epoch=3, frequency=10), steps_per_epoch=50)
     config = schedule.get_config()["config"]
