@@ -47,8 +47,9 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     rounds = max(h["round"] for h in read_record(shrunk_file)["metrics"]["history"] if h["within_budget"])
     fraction = removed_fraction(trained, shrunk)
     one_shot_params = dataclasses.replace(s, finetune_epochs=max(1, rounds) * s.finetune_epochs)
+    structured = f"structured ({s.criterion}, {rounds} round{'s' if rounds != 1 else ''})"
     models = {"unpruned": trained, f"magnitude ({params.prune.final_sparsity:.0%})": magnitude,
-              f"structured ({s.criterion}, {rounds} round{'s' if rounds != 1 else ''})": shrunk, "structured + magnitude": both}
+              structured: shrunk, "structured + magnitude": both}
     for criterion in CRITERIA:
         print(f"prune-compare: one shot to the structured model's widths, ranked by {criterion}", flush=True)
         models[f"one shot ({criterion})"] = one_shot(trained, data, one_shot_params, params.train, params.seed,

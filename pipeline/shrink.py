@@ -58,7 +58,8 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
         print(f"shrink: {out} is up to date (same model, data, params and versions); nothing to do", flush=True)
         return out
     s = params.structured
-    print(f"shrink: up to {s.max_rounds} round{'s' if s.max_rounds != 1 else ''} of removing {s.fraction:.0%} of the channels (ranked by "
+    rounds = f"{s.max_rounds} round{'s' if s.max_rounds != 1 else ''}"
+    print(f"shrink: up to {rounds} of removing {s.fraction:.0%} of the channels (ranked by "
           f"{s.criterion}, {s.scope}), {s.finetune_epochs} fine-tuning epochs each; target {s.target} <= "
           f"{s.target_ratio:.0%}, accuracy budget {s.accuracy_budget}", flush=True)
     start = time.perf_counter()
