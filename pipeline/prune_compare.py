@@ -60,12 +60,12 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, (label, model) in enumerate(models.items()):
         path = out_dir / f"{i}.int8.tflite"
-        path.write_bytes(to_tflite(model, "int8", representative))
+        blob = to_tflite(model, "int8", representative)
+        path.write_bytes(blob)
         predictions, (latency,) = litert.evaluate(path, data.x_test, v.batch_size, [1], v.warmup_runs, v.latency_runs)
         truth = [data.y_test[:, k] for k in range(len(data.tasks))] if data.tasks else [data.y_test]
         labels = [predictions[t] for t in data.tasks] if data.tasks else list(predictions.values())
         cost = totals(model_costs(model))
-        blob = path.read_bytes()
         rows.append({"model": label, "test_accuracy": round(float(np.mean([np.mean(a == b) for a, b in
                                                                              zip(labels, truth)])), 5),
                      "bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)), "params": cost["params"],
