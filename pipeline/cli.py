@@ -179,6 +179,18 @@ def summary(params, model_path, untrained, **_):
 
 
 @cli.command()
+@stage_options
+def keys(params, **_):
+    """Every params key with its value in this config and what it accepts (type, choices, range)."""
+    from .params import key_table
+
+    rows = [("key", "value", "accepts")] + key_table(params)
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for key, value, accepts in rows:
+        click.echo(f"{key.ljust(widths[0])}  {value.ljust(widths[1])}  {accepts}")
+
+
+@cli.command()
 def architectures():
     """List the registered architectures and their default hyperparameters."""
     from .architectures import describe

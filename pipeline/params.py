@@ -9,6 +9,7 @@ so the CLI and the Makefile can read params cheaply.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -17,10 +18,12 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .errors import PipelineError
+from .errors import PipelineError, clip, short
 
 FORMATS = ("float32", "float16", "dynamic_int8", "int8")
 MULTIFASHION_TASKS = ("top_left", "bottom_right")  # the tasks of data.source multifashion
+MAX_NAME = 64  # characters of params.name: artefact names add up to ~40 more, well under a file system's 255 bytes
+MAX_FILE_BYTES = 1 << 20  # a params file is a page of settings, not data
 
 
 class ParamsError(PipelineError):
@@ -32,48 +35,69 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise ParamsError(f"params: {key}: {message}")
 
 
+def bounded(default: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False,
+            factory: Any = None) -> Any:
+    """A field whose number (or each number of its list or mapping) must lie in [low, high]
+    (``open_low``/``open_high``: exclusive). Every numeric key has one: a range that keeps a typo from
+    exhausting the machine or failing hours later. ``mobiledeploy keys`` lists them."""
+    meta = {"range": (low, high, open_low, open_high)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def describe_range(spec: tuple) -> str:
+    low, high, open_low, open_high = spec
+    fmt = lambda v: f"{v:g}" if isinstance(v, float) else f"{v:,}".replace(",", "_")  # noqa: E731
+    return f"{'(' if open_low else '['}{fmt(low)}, {fmt(high)}{')' if open_high else ']'}"
+
+
+def _in_range(value: Any, spec: tuple) -> bool:
+    low, high, open_low, open_high = spec
+    return (low < value if open_low else low <= value) and (value < high if open_high else value <= high)
+
+
+def _numbers(key: str, value: Any) -> list[tuple[str, Any]]:
+    """(key, number) for the numbers a value holds: itself, or the items of its list or mapping."""
+    items = ([(f"{key}.{clip(str(k), 40)}", v) for k, v in value.items()] if isinstance(value, dict) else
+             [(key, v) for v in value] if isinstance(value, list) else [(key, value)])
+    return [(k, v) for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParams:
     source: Literal["fashion_mnist", "multifashion", "folder"] = "fashion_mnist"
     dir: Optional[str] = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    image_size: Optional[list[int]] = None
+    val_fraction: float = bounded(0.1, 0, 1, open_low=True, open_high=True)
+    test_fraction: float = bounded(0.2, 0, 1, open_low=True, open_high=True)
+    image_size: Optional[list[int]] = bounded(None, 8, 4096)
     channels: Literal[1, 3] = 1
-    limit_train: Optional[int] = None
-    limit_test: Optional[int] = None
+    limit_train: Optional[int] = bounded(None, 10, 10**9)
+    limit_test: Optional[int] = bounded(None, 10, 10**9)
     tasks: Optional[list[str]] = None
 
     def validate(self) -> None:
-        _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        _check(0 < self.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         _check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
                "val_fraction + test_fraction must leave some training data")
         if self.image_size is not None:
-            _check(len(self.image_size) == 2 and min(self.image_size) >= 8, "data.image_size",
-                   f"must be [height, width], each at least 8, got {self.image_size}")
-        for key in ("limit_train", "limit_test"):
-            value = getattr(self, key)
-            _check(value is None or value >= 10, f"data.{key}", f"must be null or at least 10, got {value}")
+            _check(len(self.image_size) == 2, "data.image_size", f"must be [height, width], got {short(self.image_size)}")
         if self.tasks is not None:
             _check(self.source == "multifashion", "data.tasks", "only a multi-task source (multifashion) has tasks")
             _check(len(self.tasks) > 0 and set(self.tasks) <= set(MULTIFASHION_TASKS)
                    and len(set(self.tasks)) == len(self.tasks), "data.tasks",
-                   f"must be null or a list of distinct tasks among {', '.join(MULTIFASHION_TASKS)}; got {self.tasks}")
+                   f"must be null or a list of distinct tasks among {', '.join(MULTIFASHION_TASKS)}; got {short(self.tasks)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
     architecture: str = "small_cnn"
-    width: Optional[int] = None
-    dropout: float = 0.3
+    width: Optional[int] = bounded(None, 1, 512)
+    dropout: float = bounded(0.3, 0, 1, open_high=True)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         from .architectures import resolve  # the registry has no TensorFlow import at module level
 
-        _check(self.width is None or self.width >= 1, "model.width", f"must be null or at least 1, got {self.width}")
-        _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         try:
             resolve(self.architecture, self.width, self.options)
         except PipelineError as exc:
@@ -82,137 +106,102 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 12
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    task_weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epochs: int = bounded(12, 1, 1000)
+    batch_size: int = bounded(128, 1, 8192)
+    learning_rate: float = bounded(1e-3, 0, 10, open_low=True)
+    task_weights: dict[str, Any] = bounded(None, 0, 100, factory=dict)
     loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
     sharing_penalty: Literal["l2", "trace"] = "l2"
-    sharing_coefficient: float = 0.0
+    sharing_coefficient: float = bounded(0.0, 0, 100)
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
-        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
         for task, weight in self.task_weights.items():
-            _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0,
-                   f"train.task_weights.{task}", f"must be a number >= 0, got {weight!r}")
-        _check(self.sharing_coefficient >= 0, "train.sharing_coefficient",
-               f"must be at least 0, got {self.sharing_coefficient}")
+            _check(isinstance(weight, (int, float)) and not isinstance(weight, bool),
+                   f"train.task_weights.{short(task, 40)}", f"must be a number, got {short(weight)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneParams:
     schedule: Literal["polynomial_decay", "constant_sparsity"] = "polynomial_decay"
-    initial_sparsity: float = 0.0
-    final_sparsity: float = 0.8
-    epochs: int = 4
-    begin_epoch: int = 0
-    end_epoch: int = 3
-    frequency: int = 100
-    min_weights: int = 0
-    batch_size: int = 128
-    learning_rate: float = 5e-4
-    sparsity_m_by_n: Optional[list[int]] = None
+    initial_sparsity: float = bounded(0.0, 0, 1, open_high=True)
+    final_sparsity: float = bounded(0.8, 0, 1, open_high=True)
+    epochs: int = bounded(4, 1, 1000)
+    begin_epoch: int = bounded(0, 0, 1000)
+    end_epoch: int = bounded(3, 1, 1000)
+    frequency: int = bounded(100, 1, 100_000)
+    min_weights: int = bounded(0, 0, 10**9)
+    batch_size: int = bounded(128, 1, 8192)
+    learning_rate: float = bounded(5e-4, 0, 10, open_low=True)
+    sparsity_m_by_n: Optional[list[int]] = None  # exactly [2, 4] or null (validate)
     policy: Optional[Literal["xnnpack"]] = None
 
     def validate(self) -> None:
         if self.sparsity_m_by_n is not None:
             _check(self.sparsity_m_by_n == [2, 4], "prune.sparsity_m_by_n",
-                   f"must be null or [2, 4] (the M-by-N sparsity TF-MOT supports), got {self.sparsity_m_by_n}")
-        for key in ("initial_sparsity", "final_sparsity"):
-            value = getattr(self, key)
-            _check(0 <= value < 1, f"prune.{key}", f"must be in [0, 1), got {value}")
+                   f"must be null or [2, 4] (the M-by-N sparsity TF-MOT supports), got {short(self.sparsity_m_by_n)}")
         _check(self.initial_sparsity <= self.final_sparsity, "prune.initial_sparsity",
                f"must not exceed final_sparsity ({self.final_sparsity}), got {self.initial_sparsity}")
-        _check(self.epochs >= 1, "prune.epochs", f"must be at least 1, got {self.epochs}")
-        _check(self.begin_epoch >= 0, "prune.begin_epoch", f"must be at least 0, got {self.begin_epoch}")
         _check(self.end_epoch > self.begin_epoch, "prune.end_epoch",
                f"must be after begin_epoch ({self.begin_epoch}), got {self.end_epoch}")
         _check(self.end_epoch <= self.epochs, "prune.end_epoch",
                f"must not exceed prune.epochs ({self.epochs}), got {self.end_epoch}")
-        _check(self.frequency >= 1, "prune.frequency", f"must be at least 1, got {self.frequency}")
-        _check(self.min_weights >= 0, "prune.min_weights", f"must be at least 0, got {self.min_weights}")
-        _check(self.batch_size >= 1, "prune.batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.learning_rate > 0, "prune.learning_rate", f"must be positive, got {self.learning_rate}")
 
 
 @dataclasses.dataclass(frozen=True)
 class StructuredParams:
     criterion: Literal["l1", "l2", "mean_activation", "apoz", "taylor"] = "l1"
     scope: Literal["layer", "global"] = "layer"
-    fraction: float = 0.2
-    layer_fractions: dict[str, Any] = dataclasses.field(default_factory=dict)
-    channel_multiple: int = 1
-    max_rounds: int = 6
-    finetune_epochs: int = 2
-    batch_size: int = 128
-    learning_rate: float = 5e-4
-    accuracy_budget: float = 0.01
+    fraction: float = bounded(0.2, 0, 1, open_low=True, open_high=True)
+    layer_fractions: dict[str, Any] = bounded(None, 0, 1, open_high=True, factory=dict)
+    channel_multiple: int = bounded(1, 1, 256)
+    max_rounds: int = bounded(6, 1, 100)
+    finetune_epochs: int = bounded(2, 1, 1000)
+    batch_size: int = bounded(128, 1, 8192)
+    learning_rate: float = bounded(5e-4, 0, 10, open_low=True)
+    accuracy_budget: float = bounded(0.01, 0, 1, open_high=True)
     target: Literal["macs", "params", "latency"] = "macs"
-    target_ratio: float = 0.5
+    target_ratio: float = bounded(0.5, 0, 1, open_low=True)
 
     def validate(self) -> None:
-        _check(0 < self.fraction < 1, "structured.fraction", f"must be in (0, 1), got {self.fraction}")
         for layer, share in self.layer_fractions.items():
-            _check(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
-                   f"structured.layer_fractions.{layer}", f"must be a number in [0, 1), got {share!r}")
+            _check(isinstance(share, (int, float)) and not isinstance(share, bool),
+                   f"structured.layer_fractions.{short(layer, 40)}", f"must be a number, got {short(share)}")
         _check(not self.layer_fractions or self.scope == "layer", "structured.layer_fractions",
                f"needs scope: layer (scope is {self.scope})")
-        _check(self.channel_multiple >= 1, "structured.channel_multiple",
-               f"must be at least 1, got {self.channel_multiple}")
         _check(self.channel_multiple == 1 or self.scope == "layer", "structured.channel_multiple",
                f"needs scope: layer (scope is {self.scope})")
-        _check(self.max_rounds >= 1, "structured.max_rounds", f"must be at least 1, got {self.max_rounds}")
-        _check(self.finetune_epochs >= 1, "structured.finetune_epochs",
-               f"must be at least 1, got {self.finetune_epochs}")
-        _check(self.batch_size >= 1, "structured.batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.learning_rate > 0, "structured.learning_rate", f"must be positive, got {self.learning_rate}")
-        _check(0 <= self.accuracy_budget < 1, "structured.accuracy_budget",
-               f"must be in [0, 1), got {self.accuracy_budget}")
-        _check(0 < self.target_ratio <= 1, "structured.target_ratio", f"must be in (0, 1], got {self.target_ratio}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvertParams:
     formats: list[str] = dataclasses.field(default_factory=lambda: list(FORMATS))
-    representative_samples: int = 500
+    representative_samples: int = bounded(500, 1, 100_000)
 
     def validate(self) -> None:
         _check(len(self.formats) > 0, "convert.formats", f"must name at least one of {', '.join(FORMATS)}")
         for fmt in self.formats:
-            _check(fmt in FORMATS, "convert.formats", f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-        _check(self.representative_samples >= 1, "convert.representative_samples",
-               f"must be at least 1, got {self.representative_samples}")
+            _check(fmt in FORMATS, "convert.formats", f"unknown format {short(fmt)}; known: {', '.join(FORMATS)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ValidateParams:
-    batch_size: int = 500
-    warmup_runs: int = 20
-    latency_runs: int = 300
-    threads: list[int] = dataclasses.field(default_factory=lambda: [1, 0])
+    batch_size: int = bounded(500, 1, 100_000)
+    warmup_runs: int = bounded(20, 0, 100_000)
+    latency_runs: int = bounded(300, 200, 1_000_000)  # at least 200 for stable percentiles
+    threads: list[int] = bounded(None, 0, 256, factory=lambda: [1, 0])  # 0 = all cores
 
     def validate(self) -> None:
-        _check(self.batch_size >= 1, "validate.batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.warmup_runs >= 0, "validate.warmup_runs", f"must be at least 0, got {self.warmup_runs}")
-        _check(self.latency_runs >= 200, "validate.latency_runs",
-               f"must be at least 200 for stable percentiles, got {self.latency_runs}")
-        _check(len(self.threads) > 0 and all(t >= 0 for t in self.threads), "validate.threads",
-               f"must be a non-empty list of thread counts (0 = all cores), got {self.threads}")
+        _check(0 < len(self.threads) <= 8, "validate.threads",
+               f"must list 1 to 8 thread counts (0 = all cores), got {short(self.threads)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckParams:
     gates: str = "gates/default.yaml"
-    accuracy_margin: float = 0.01
-    drop_margin: float = 0.005
-    size_margin: float = 0.05
+    accuracy_margin: float = bounded(0.01, 0, 1, open_high=True)
+    drop_margin: float = bounded(0.005, 0, 1, open_high=True)
+    size_margin: float = bounded(0.05, 0, 1, open_high=True)
 
-    def validate(self) -> None:
-        for key in ("accuracy_margin", "drop_margin", "size_margin"):
-            value = getattr(self, key)
-            _check(0 <= value < 1, f"check.{key}", f"must be in [0, 1), got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,14 +213,14 @@ class ZooParams:
 
         _check(len(self.variants) > 0, "zoo.variants", "must name at least one architecture")
         for name in self.variants:
-            _check(name in names(), "zoo.variants", f"unknown architecture {name!r}; known: {', '.join(names())}")
+            _check(name in names(), "zoo.variants", f"unknown architecture {short(name)}; known: {', '.join(names())}")
         _check(len(set(self.variants)) == len(self.variants), "zoo.variants", "names a variant twice")
 
 
 @dataclasses.dataclass(frozen=True)
 class Params:
     name: str = "fmnist_cnn"
-    seed: int = 42
+    seed: int = bounded(42, 0, 2**31 - 1)
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -243,11 +232,12 @@ class Params:
     zoo: ZooParams = ZooParams()
 
     def check_all(self) -> None:
-        _check(bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name), "name",
-               f"must be letters, digits, '_' or '-' (it names files), got {self.name!r}")
+        _check(0 < len(self.name) <= MAX_NAME and all(c.isascii() and (c.isalnum() or c in "_-") for c in self.name),
+               "name", f"must be 1 to {MAX_NAME} ASCII letters, digits, '_' or '-' (it names files), "
+               f"got {short(self.name)}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if dataclasses.is_dataclass(value):
+            if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
                 value.validate()
         tasks = self.data.tasks or (MULTIFASHION_TASKS if self.data.source == "multifashion" else [])
         for task in self.train.task_weights:
@@ -288,8 +278,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     if annotation is type(None):
         return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is float:  # finite: an inf learning rate trains a NaN model without a word
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, annotation)
@@ -315,11 +305,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ParamsError(f"params: {where}: must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if not isinstance(name, str):
+            raise ParamsError(f"params: {where}: keys must be names, got {short(name)}")
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ParamsError(f"params: {prefix + '.' if prefix else ''}{unknown[0]}: unknown key; "
-                          f"known keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(known))}")
+        raise ParamsError(f"params: {prefix + '.' if prefix else ''}{clip(unknown[0], 40)}: unknown key; "
+                          f"known keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
     values = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -327,26 +320,108 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(annotation):
             values[name] = _build(annotation, value, key)
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParamsError(f"params: {key}: must be a finite number, got {value}")
         if not _type_ok(value, annotation):
-            raise ParamsError(f"params: {key}: expected {_describe(annotation)}, got {value!r}")
+            raise ParamsError(f"params: {key}: expected {_describe(annotation)}, got {short(value)}")
+        spec = fields[name].metadata.get("range")
+        for where_, number in _numbers(key, value) if spec else ():
+            _check(isinstance(number, int) or math.isfinite(number), where_, f"must be finite, got {number}")
+            _check(_in_range(number, spec), where_, f"must be in {describe_range(spec)}, got {short(number)}")
         if annotation is float:
             value = float(value)
         values[name] = value
     return cls(**values)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def key_table(params: "Params") -> list[tuple[str, str, str]]:
+    """(key, value, what it accepts) for every key: the ranges and choices the loader enforces."""
+    rows = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for field in dataclasses.fields(obj):
+            value, key = getattr(obj, field.name), f"{prefix}{field.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+                continue
+            accepts = _describe(hints[field.name])
+            if "range" in field.metadata:
+                each = "each " if "list" in accepts or "mapping" in accepts else ""
+                accepts += f", {each}in {describe_range(field.metadata['range'])}"
+            rows.append((key, yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n..."),
+                         accepts))
+
+    walk(params, "")
+    return rows
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (a few hundred bytes of nested aliases expand to gigabytes) and without
+    duplicate keys (two ``train:`` sections would silently keep the last)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in params",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key, 40)}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str) -> Any:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(f"params file not found: {path}") from None
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A YAML file's text: a regular ``.yaml``/``.yml`` file of UTF-8 text, at most MAX_FILE_BYTES.
+    Nothing of a file that fails these checks is ever quoted."""
+    name = clip(str(path), 120)
+    if path.suffix not in (".yaml", ".yml"):
+        raise ParamsError(f"{what} {name}: expected a .yaml or .yml file")
     try:
-        data = yaml.safe_load(text)
+        if not path.is_file():
+            problem = "a directory" if path.is_dir() else "not a regular file" if path.exists() else "not found"
+            raise ParamsError(f"{what} {name}: {problem}")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ParamsError(f"{what} {name}: cannot read it ({exc.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ParamsError(f"{what} {name}: larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{what} {name}: not UTF-8 text (byte {exc.start})") from None
+
+
+def read_yaml(path: Path, what: str = "params file") -> Any:
+    """The data of a YAML file read as :func:`_read_text` and :class:`_StrictLoader` allow, or
+    ParamsError naming the file, the line and the problem."""
+    text = _read_text(path, what)
+    try:
+        return _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ParamsError(f"params: {path}{where}: YAML syntax error: {problem}") from None
+        raise ParamsError(f"{what} {clip(str(path), 120)}{where}: YAML: {clip(problem, 120)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -374,7 +449,7 @@ def param_files(path: str | Path) -> list[Path]:
         chain.append(current)
         parent = _read_yaml(current).get("extends")
         if parent is not None and not isinstance(parent, str):
-            raise ParamsError(f"params: {current}: extends: expected a path, got {parent!r}")
+            raise ParamsError(f"params: {current}: extends: expected a path, got {short(parent)}")
         current = Path(os.path.normpath(current.parent / parent)) if parent else None
     return chain[::-1]
 
@@ -383,10 +458,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` -> (["section", "key"], parsed YAML value)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ParamsError(f"--set {text!r}: expected section.key=value")
+        raise ParamsError(f"--set {short(text)}: expected section.key=value")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = _parse_yaml(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        if "alias" in problem or "nested" in problem:
+            raise ParamsError(f"--set {short(text)}: {problem}") from None
         parsed = value
     return key.strip().split("."), parsed
 
@@ -404,7 +482,7 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | l
         for part in keys[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ParamsError(f"--set {text!r}: {part} is not a section")
+                raise ParamsError(f"--set {short(text)}: {clip(part, 40)} is not a section")
         node[keys[-1]] = value
     params = _build(Params, raw, "")
     params.check_all()

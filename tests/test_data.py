@@ -121,8 +121,9 @@ def test_image_folder_is_resized_and_split_per_class(tmp_path):
 
 @pytest.mark.bad_input("image folders")
 @pytest.mark.parametrize("damage, message", [
-    (lambda root: (root / "cat" / "3.png").write_bytes(b"not a png"), "not a readable image"),
-    (lambda root: (root / "dog" / "notes.txt").write_text("hi"), "not a PNG or JPEG"),
+    (lambda root: (root / "cat" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken"), "not a readable image"),
+    (lambda root: (root / "cat" / "4.png").write_bytes(b"not a png"), "not an image"),
+    (lambda root: (root / "dog" / "notes.png").write_text("hi"), "not an image"),
     (lambda root: (root / "empty").mkdir(), "holds no images"),
 ])
 def test_bad_image_folders_are_refused(tmp_path, damage, message):
@@ -137,3 +138,52 @@ def test_a_single_class_folder_is_refused(tmp_path):
     root = write_folder(tmp_path / "imgs", classes=("only",))
     with pytest.raises(PipelineError, match="at least 2"):
         load_dataset(DataParams(source="folder", dir=str(root)), seed=0)
+
+
+def folder_params(root, **extra):
+    return DataParams(source="folder", dir=str(root), **extra)
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    ramp = (np.arange(20 * 16, dtype=np.uint16).reshape(20, 16) * 200)  # 0 .. 63,800 of 65,535
+    Image.fromarray(ramp).save(root / "cat" / "0.png")
+    assert Image.open(root / "cat" / "0.png").mode == "I;16"
+    data = load_dataset(folder_params(root, image_size=[20, 16], test_fraction=0.3), seed=0)
+    expected = np.round(ramp / 257).astype(np.uint8)[..., None]
+    x = np.concatenate([data.x_train, data.x_val, data.x_test])
+    assert any(np.array_equal(image, expected) for image in x)
+
+
+def test_images_are_recognised_by_content_not_by_name(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    (root / "cat" / "0.jpg").rename(root / "cat" / "photo.data")  # a JPEG without its extension
+    data = load_dataset(folder_params(root), seed=0)
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 20
+
+
+@pytest.mark.bad_input("image folders")
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    Image.new("1", (20000, 20000)).save(root / "cat" / "bomb.png")  # 20000x20000 declared, ~50 KB on disk
+    with pytest.raises(PipelineError, match="decompression bomb"):
+        load_dataset(folder_params(root), seed=0)
+
+
+@pytest.mark.bad_input("image folders")
+@pytest.mark.parametrize("per_class, message", [
+    (1, "class 'cat' has 0 training example"),
+    (2, "class 'cat' has 0 training example"),
+    (6, "class 'cat' has 4 training example"),
+])
+def test_a_class_with_too_few_images_is_refused_naming_it(tmp_path, per_class, message):
+    root = write_folder(tmp_path / "imgs", per_class=per_class)
+    with pytest.raises(PipelineError, match=message):
+        load_dataset(folder_params(root), seed=0)
+
+
+@pytest.mark.bad_input("dataset files")
+def test_a_limit_that_leaves_a_class_out_of_a_split_is_refused(tmp_path):
+    write_fashion(tmp_path / "d", n_train=100)
+    with pytest.raises(PipelineError, match="test example.*data.limit_test"):
+        load_dataset(DataParams(dir=str(tmp_path / "d"), limit_test=10), seed=0)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import short
 from . import register
+
+MAX_WIDTH = 512  # filters in the first stage
 
 BLOCKS = ("conv", "separable", "bottleneck", "inverted")
 POOLING = ("max", "avg", "strided", "none")
@@ -28,35 +31,36 @@ def stage_pooling(pooling, stages) -> list[str]:
 
 def check(hp: dict[str, Any]) -> str | None:
     """Why these hyperparameters cannot build a network, or None."""
-    positive_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
-    if not positive_int(hp["width"]):
-        return f"width must be a positive integer, got {hp['width']!r}"
+    # the upper bounds keep a typo from building a network that exhausts the machine
+    positive_int = lambda v, most: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= most  # noqa: E731
+    if not positive_int(hp["width"], MAX_WIDTH):
+        return f"width must be an integer in [1, {MAX_WIDTH}], got {short(hp['width'])}"
     if hp["block"] not in BLOCKS:
-        return f"block must be one of {', '.join(BLOCKS)}, got {hp['block']!r}"
+        return f"block must be one of {', '.join(BLOCKS)}, got {short(hp['block'])}"
     stages = hp["stages"]
-    if not isinstance(stages, (list, tuple)) or not stages or not all(
-            isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in stages):
-        return f"stages must be a non-empty list of positive width multipliers, got {stages!r}"
-    if not positive_int(hp["depth"]):
-        return f"depth (blocks per stage) must be a positive integer, got {hp['depth']!r}"
+    if not isinstance(stages, (list, tuple)) or not 1 <= len(stages) <= 8 or not all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m <= 16 for m in stages):
+        return f"stages must be a list of 1 to 8 width multipliers in (0, 16], got {short(stages)}"
+    if not positive_int(hp["depth"], 16):
+        return f"depth (blocks per stage) must be an integer in [1, 16], got {short(hp['depth'])}"
     pooling = hp["pooling"]
     kinds = stage_pooling(pooling, stages) if isinstance(pooling, (str, list, tuple)) else [None]
     if len(kinds) != len(stages) or any(k not in POOLING for k in kinds):
         return (f"pooling must be one of {', '.join(POOLING)}, or a list with one of them per stage "
-                f"({len(stages)}), got {pooling!r}")
+                f"({len(stages)}), got {short(pooling)}")
     if hp["sharing"] not in SHARING:
-        return f"sharing (multi-task data only) must be one of {', '.join(SHARING)}, got {hp['sharing']!r}"
+        return f"sharing (multi-task data only) must be one of {', '.join(SHARING)}, got {short(hp['sharing'])}"
     if hp["head"] not in HEADS:
-        return f"head must be one of {', '.join(HEADS)}, got {hp['head']!r}"
-    if not isinstance(hp["bottleneck"], (int, float)) or isinstance(hp["bottleneck"], bool) or hp["bottleneck"] < 0:
-        return f"bottleneck (1x1 channels before the head, as a multiple of width; 0 = none) must be >= 0, " \
-               f"got {hp['bottleneck']!r}"
-    for key in ("dense",):
-        if not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 0:
-            return f"{key} must be an integer >= 0, got {hp[key]!r}"
+        return f"head must be one of {', '.join(HEADS)}, got {short(hp['head'])}"
+    bottleneck = hp["bottleneck"]
+    if not isinstance(bottleneck, (int, float)) or isinstance(bottleneck, bool) or not 0 <= bottleneck <= 16:
+        return f"bottleneck (1x1 channels before the head, as a multiple of width; 0 = none) must be in [0, 16], " \
+               f"got {short(bottleneck)}"
+    if not isinstance(hp["dense"], int) or isinstance(hp["dense"], bool) or not 0 <= hp["dense"] <= 4096:
+        return f"dense must be an integer in [0, 4096], got {short(hp['dense'])}"
     for key in ("ratio", "expansion"):
-        if not positive_int(hp[key]):
-            return f"{key} must be a positive integer, got {hp[key]!r}"
+        if not positive_int(hp[key], 16):
+            return f"{key} must be an integer in [1, 16], got {short(hp[key])}"
     return None
 
 

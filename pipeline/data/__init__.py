@@ -11,7 +11,12 @@ import hashlib
 
 import numpy as np
 
+from ..errors import PipelineError
 from ..params import DataParams
+
+# Fewest examples of each class (of each task) a split may hold; fewer is refused, naming the class.
+# A class absent from training cannot be learnt, and one absent from validation or test cannot be scored.
+MIN_PER_CLASS = {"training": 5, "validation": 1, "test": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +63,8 @@ def split_train_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
         rng.shuffle(members)
         val_idx.append(members[: max(1, round(len(members) * val_fraction))])
     val_mask = np.zeros(len(y), bool)
-    val_mask[np.concatenate(val_idx)] = True
+    if val_idx:
+        val_mask[np.concatenate(val_idx)] = True
     return x[~val_mask], y[~val_mask], x[val_mask], y[val_mask]
 
 
@@ -69,6 +75,20 @@ def subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> tuple[
     order = np.random.default_rng(seed).permutation(len(y))[:limit]
     order.sort()
     return x[order], y[order]
+
+
+def check_class_counts(split: str, y: np.ndarray, names: list[str], tasks: tuple[str, ...]) -> None:
+    """Refuse a split that holds fewer than MIN_PER_CLASS[split] examples of some class (per task)."""
+    need = MIN_PER_CLASS[split]
+    columns = [(f" for task {task}", y[:, i]) for i, task in enumerate(tasks)] if tasks else [("", y)]
+    for task, labels in columns:
+        counts = np.bincount(labels.astype(np.int64), minlength=len(names))
+        worst = int(np.argmin(counts))
+        if counts[worst] < need:
+            fix = {"training": "data.limit_train", "validation": "data.limit_train or data.val_fraction",
+                   "test": "data.limit_test (or, for an image folder, data.test_fraction)"}[split]
+            raise PipelineError(f"data: class {names[worst]!r} has {counts[worst]} {split} example(s){task}; "
+                                f"each class needs at least {need} (add images, or raise {fix})")
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -101,5 +121,7 @@ def load_dataset(params: DataParams, seed: int) -> Dataset:
     x, y = subset(x, y, params.limit_train, seed)
     x_test, y_test = subset(x_test, y_test, params.limit_test, seed + 1)
     x_train, y_train, x_val, y_val = split_train_val(x, y, params.val_fraction, seed)
+    for split, labels in (("training", y_train), ("validation", y_val), ("test", y_test)):
+        check_class_counts(split, labels, names, tasks)
     return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, source,
                    fingerprint(x_train, y_train, x_val, y_val, x_test, y_test), tasks)

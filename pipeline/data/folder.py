@@ -1,4 +1,4 @@
-"""A user's own images: one subfolder per class, PNG or JPEG, resized to one input size."""
+"""A user's own images: one subfolder per class, identified by content, resized to one input size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,33 @@ import numpy as np
 from ..errors import PipelineError
 from ..params import DataParams
 
-EXTENSIONS = {".png", ".jpg", ".jpeg"}
+# What an image file starts with, by format: files are judged by their bytes, not their names.
+SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",),
+              "GIF": (b"GIF87a", b"GIF89a"), "TIFF": (b"II*\x00", b"MM\x00*"), "WEBP": (b"RIFF",)}
+MAX_PIXELS = 50_000_000  # per image, checked before decoding: a larger one is refused (a decompression bomb)
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes whose samples run to 65535
+
+
+def sniff(path: Path) -> str | None:
+    """The image format ``path``'s first bytes announce, or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for fmt, magics in SIGNATURES.items():
+        if any(head.startswith(m) for m in magics) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
+            return fmt
+    return None
+
+
+def to_8bit(img, channels: int):
+    """``img`` as 8-bit grey or RGB. 16-bit samples are scaled (65535 -> 255), not clipped."""
+    from PIL import Image
+
+    if img.mode in SIXTEEN_BIT:
+        samples = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(samples / 257.0), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        raise ValueError("32-bit float samples have no defined 8-bit scale")
+    return img.convert("L" if channels == 1 else "RGB")
 
 
 def _read_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
@@ -17,25 +43,32 @@ def _read_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.n
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise PipelineError(f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} an image "
+                                    "may have (a decompression bomb, or a photo to shrink first)")
+            img = to_8bit(img, channels)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except Image.DecompressionBombError:
+        raise PipelineError(f"{path}: more pixels than an image may have (a decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise PipelineError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
     return array[..., None] if channels == 1 else array
 
 
 def scan(root: Path) -> dict[str, list[Path]]:
-    """Class name -> image files. Refuses non-image files, empty classes and a single class."""
+    """Class name -> image files. Refuses a file that is not an image, empty classes and a single class."""
     if not root.is_dir():
         raise PipelineError(f"data.dir {root} is not a directory (expected one subfolder per class)")
     classes: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))
-        strangers = [p for p in files if p.suffix.lower() not in EXTENSIONS]
-        if strangers:
-            raise PipelineError(f"{strangers[0]}: not a PNG or JPEG file; an image folder may hold only images")
+        for path in files:
+            if sniff(path) is None:
+                raise PipelineError(f"{path}: not an image ({', '.join(SIGNATURES)}); an image folder may hold "
+                                    "only images")
         if not files:
             raise PipelineError(f"{sub}: class folder holds no images")
         classes[sub.name] = files
@@ -47,21 +80,26 @@ def scan(root: Path) -> dict[str, list[Path]]:
 
 def load_folder(params: DataParams, seed: int):
     """All images, then a seeded stratified test split; the caller carves validation from the rest."""
-    from . import split_train_val
+    from . import check_class_counts, split_train_val
 
     if not params.dir:
         raise PipelineError("data.source is 'folder' but data.dir is not set; --set data.dir=PATH")
     root = Path(params.dir)
     classes = scan(root)
+    files = [path for paths in classes.values() for path in paths]
+    y = np.asarray([label for label, paths in enumerate(classes.values()) for _ in paths], np.uint8)
+    # split the file list before decoding anything, so that too few images of a class fail at once
+    train_idx, y_train, test_idx, y_test = split_train_val(np.arange(len(y)), y, params.test_fraction, seed + 7)
+    check_class_counts("test", y_test, list(classes), ())
+    _, y_fit, _, y_val = split_train_val(y_train, y_train, params.val_fraction, seed)
+    for split, labels in (("training", y_fit), ("validation", y_val)):
+        check_class_counts(split, labels, list(classes), ())
     size = tuple(params.image_size) if params.image_size else None
-    images, labels = [], []
-    for label, files in enumerate(classes.values()):
-        for path in files:
-            image = _read_image(path, size, params.channels)
-            if size is None:
-                size = image.shape[:2]  # the first image sets the size for the rest
-            images.append(image)
-            labels.append(label)
-    x, y = np.stack(images), np.asarray(labels, np.uint8)
-    x_train, y_train, x_test, y_test = split_train_val(x, y, params.test_fraction, seed + 7)
-    return x_train, y_train, x_test, y_test, list(classes), f"folder ({root})"
+    images = []
+    for path in files:
+        image = _read_image(path, size, params.channels)
+        if size is None:
+            size = image.shape[:2]  # the first image sets the size for the rest
+        images.append(image)
+    x = np.stack(images)
+    return x[train_idx], y_train, x[test_idx], y_test, list(classes), f"folder ({root})"
