@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .artifacts import pruned_path, report_path, require, tflite_path, trained_path
-from .errors import PipelineError
+from .errors import PipelineError, short
 from .params import load_params, param_files
 
 
@@ -250,20 +250,35 @@ def pictures(params, model_path, index, **_):
         click.echo(f"pictures: wrote {out}")
 
 
+def make_word(path: str | Path) -> str:
+    """``path`` as one word of a Make prerequisite list: ``$`` doubled (Make would expand it, and
+    ``$(shell ...)`` would run), spaces and the characters Make reads as syntax or wildcards escaped.
+    Characters that cannot be escaped for Make are refused with one line."""
+    text = Path(path).as_posix()
+    bad = sorted({c for c in text if c in "|\\" or not c.isprintable()})
+    if bad:
+        raise PipelineError(f"path {short(text, 120)}: Make cannot name a file containing {short(''.join(bad))}; "
+                            "rename it")
+    text = text.replace("$", "$$")
+    for c in " #;:*?[]":
+        text = text.replace(c, "\\" + c)
+    return "./" + text if text.startswith("~") else text
+
+
 @cli.command()
 @stage_options
 def paths(params, params_file, **_):
     """Print the artefact paths for these params as Make variables (used by the Makefile)."""
     name = params.name
-    tflite = [tflite_path(stem, fmt).as_posix() for stem in (name, f"{name}.pruned")
-              for fmt in params.convert.formats]
+    tflite = [tflite_path(stem, fmt) for stem in (name, f"{name}.pruned") for fmt in params.convert.formats]
+    words = lambda paths: " ".join(make_word(p) for p in paths)  # noqa: E731
     click.echo(f"NAME := {name}\n"
-               f"PARAM_FILES := {' '.join(p.as_posix() for p in param_files(params_file))}\n"
-               f"TRAINED := {trained_path(name).as_posix()}\n"
-               f"PRUNED := {pruned_path(name).as_posix()}\n"
-               f"TFLITE := {' '.join(tflite)}\n"
-               f"REPORT := {report_path(name).as_posix()}\n"
-               f"GATES := {params.check.gates}")
+               f"PARAM_FILES := {words(param_files(params_file))}\n"
+               f"TRAINED := {make_word(trained_path(name))}\n"
+               f"PRUNED := {make_word(pruned_path(name))}\n"
+               f"TFLITE := {words(tflite)}\n"
+               f"REPORT := {make_word(report_path(name))}\n"
+               f"GATES := {make_word(params.check.gates)}")
 
 
 def main() -> None:

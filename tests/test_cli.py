@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,35 @@ def test_your_own_model_goes_through_prune_convert_and_validate(copy_of_smoke):
     entries = report(copy_of_smoke, "mine")["artefacts"]
     assert {(e["model"], e["format"]) for e in entries} == {("mine", f) for f in FORMATS}
     assert all(e["keras_agreement"] >= 0.98 for e in entries)
+
+
+@pytest.mark.bad_input("params strings into Make")
+def test_params_strings_cannot_inject_commands_into_make_and_odd_paths_still_work(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    folder = tmp_path / "my configs #1"
+    folder.mkdir()
+    shutil.copy(ROOT / "params.yaml", folder / "base $(x) ;v1.yaml")
+    (folder / "c.yaml").write_text("extends: 'base $(x) ;v1.yaml'\n"
+                                   "check: {gates: 'gates/g.yaml$(shell touch injected)'}\n")
+    result = CliRunner().invoke(cli, ["paths", "--params", str(folder / "c.yaml")])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "paths.mk").write_text(result.output)
+    (tmp_path / "Makefile").write_text("include paths.mk\n"
+                                       "ok: $(PARAM_FILES)\n\t@echo 'gates=$(GATES)'\n")
+    proc = subprocess.run(["make", "--no-print-directory", "ok"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr  # both params files found under their real names
+    assert not (tmp_path / "injected").exists()
+    assert proc.stdout.strip().replace("\\ ", " ") == "gates=gates/g.yaml$(shell touch injected)"
+
+
+@pytest.mark.bad_input("params strings into Make")
+def test_a_path_make_cannot_name_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["paths", "--set", "check.gates=a|b.yaml"])
+    assert result.exit_code == 1 and "Make cannot name a file containing '|'" in result.output
