@@ -10,20 +10,111 @@ from .artifacts import save_with_record
 from .errors import PipelineError
 
 
+MAX_CONFIG_BYTES = 64 << 20  # a model's architecture JSON; its weights are separate and may be larger
+# Layers that Keras builds from a TensorFlow function named in the file; these are the namespaces of
+# pure tensor maths. Anything else (tf.py_function, tf.numpy_function, tf.io, tf.print...) is refused.
+TF_OP_NAMESPACES = ("__operators__", "math", "nn", "image", "linalg", "signal", "bitwise", "dtypes")
+TF_OP_FUNCTIONS = {"reshape", "concat", "stack", "squeeze", "expand_dims", "transpose", "cast", "gather",
+                   "split", "pad", "tile", "identity", "clip_by_value", "where", "shape", "ones_like",
+                   "zeros_like", "broadcast_to", "reduce_mean", "reduce_sum", "reduce_max", "rank", "slice"}
+# class names of Keras 2 built-ins that are not attributes of the public layer/initializer modules
+KERAS_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda", "Policy",
+                 "PruneLowMagnitude"}
+
+
+def _model_config(path: Path) -> Any:
+    """The architecture JSON of a ``.keras`` zip or a Keras ``.h5`` file, read without Keras."""
+    import json
+
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo("config.json")
+                if info.file_size > MAX_CONFIG_BYTES:
+                    raise PipelineError(f"{path}: its config.json is {info.file_size:,} bytes; not a model this "
+                                        "pipeline loads")
+                text = archive.read(info)
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                text = f.attrs.get("model_config")
+                if text is None:
+                    raise PipelineError(f"{path}: an HDF5 file without a model_config (weights only?); give a "
+                                        "whole model saved by model.save")
+        return json.loads(text)
+    except PipelineError:
+        raise
+    except KeyError:
+        raise PipelineError(f"{path}: not a Keras model file (no config.json in the archive)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, RecursionError) as exc:
+        raise PipelineError(f"{path}: not a Keras model file ({exc.__class__.__name__})") from None
+
+
+def _is_builtin(class_name: str) -> bool:
+    from .tf import keras
+
+    if class_name in KERAS_CLASSES:
+        return True
+    modules = (keras.layers, keras.initializers, keras.regularizers, keras.constraints)
+    return any(isinstance(getattr(module, class_name, None), type) for module in modules)
+
+
+def unsafe_parts(config: Any) -> list[str]:
+    """What in a model's config would run code of the file's author on load, or is not a Keras
+    built-in: Lambda layers (they carry Python bytecode), serialised functions, custom classes, and
+    TensorFlow-op layers outside pure tensor maths. Empty for a model safe to load."""
+    found: list[str] = []
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        name = node.get("class_name")
+        layer = (node.get("config") or {}).get("name", "?") if isinstance(node.get("config"), dict) else "?"
+        if "function_type" in node:
+            found.append(f"a serialised Python function ({node.get('function_type')})")
+        if not isinstance(name, str):
+            continue
+        registered = node.get("registered_name") or ""
+        if name == "Lambda":
+            found.append(f"Lambda layer {layer!r} (its Python code would run on load)")
+        elif ">" in name or ">" in registered or not _is_builtin(name):
+            found.append(f"custom class {(registered or name)!r} (layer {layer!r})")
+        elif name in ("TFOpLambda", "SlicingOpLambda"):
+            function = str((node.get("config") or {}).get("function", ""))
+            head, dot, _ = function.partition(".")
+            if not (head in TF_OP_NAMESPACES if dot else function in TF_OP_FUNCTIONS):
+                found.append(f"TensorFlow op layer {layer!r} calling tf.{function}")
+    return found
+
+
 def load_model(path: Path):
-    """Load a ``.keras`` or ``.h5`` model without compiling it and without running arbitrary code.
+    """Load a ``.keras`` or ``.h5`` model without compiling it and without running code from the file.
 
-    ``safe_mode=True`` makes Keras refuse to deserialise lambda layers (their bytecode would run on
-    load). Anything that is not a loadable Keras model becomes a PipelineError naming the file.
+    Before Keras sees the file, its architecture is read as plain JSON and refused if anything in it
+    is not a Keras built-in (:func:`unsafe_parts`); Keras' own ``safe_mode`` then guards ``.keras``
+    files a second time. ``.h5`` files have no safe mode in Keras, so the first check is what keeps
+    a Lambda layer's bytecode from running. Anything that is not a loadable Keras model becomes a
+    PipelineError naming the file.
     """
-    from .tf import keras, tfmot
-
     if not path.is_file():
         raise PipelineError(f"{path} not found")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         raise PipelineError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
     if path.suffix not in (".keras", ".h5"):
         raise PipelineError(f"{path}: unsupported model file; expected .keras or .h5")
+    unsafe = sorted(set(unsafe_parts(_model_config(path))), key=lambda part: not part.startswith("Lambda"))
+    if unsafe:
+        more = f" and {len(unsafe) - 1} more" if len(unsafe) > 1 else ""
+        raise PipelineError(f"{path}: refused, not loaded: it holds {unsafe[0]}{more}; only Keras built-in "
+                            "layers are loaded (rebuild the model without it)")
+    from .tf import keras, tfmot
+
     try:
         with tfmot.sparsity.keras.prune_scope():
             return keras.models.load_model(path, compile=False, safe_mode=True)

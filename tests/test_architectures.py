@@ -102,9 +102,10 @@ def test_every_architecture_builds_for_odd_and_even_inputs_and_round_trips(name,
     np.testing.assert_allclose(clone.predict(x, verbose=0), expected, atol=1e-6)
     path = tmp_path / "m.keras"
     save_model(model, path, {"stage": "test"})
-    loaded = load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
-    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    model.save(tmp_path / "m.h5")  # the legacy format passes the same safety check
+    for loaded in (load_model(path), load_model(tmp_path / "m.h5")):
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+        assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
 
 
 DATA = tiny_dataset(n=180)

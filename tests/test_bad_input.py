@@ -8,9 +8,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ROOT, SMOKE, fails_cleanly, run_cli, snapshot
 from pipeline import architectures
 from pipeline.convert import to_tflite
+from pipeline.errors import PipelineError
+from pipeline.keras_io import load_model
 from pipeline.keras_io import save_model
 from pipeline.params import ParamsError, load_params
-from pipeline.tf import keras
+from pipeline.tf import keras, tf
 
 KEYS = ["name", "seed", "data.source", "data.val_fraction", "data.image_size", "data.channels", "data.limit_train",
         "model.architecture", "model.width", "model.dropout", "model.options",
@@ -66,17 +68,67 @@ class Doubler(keras.layers.Layer):
         return 2 * x
 
 
-@pytest.mark.bad_input("model files")
-@pytest.mark.parametrize("layer, message", [
-    (lambda: Doubler(name="doubler"), "cannot load Keras model"),
-    (lambda: keras.layers.Lambda(lambda x: x * 2, name="lambda"), "cannot load Keras model"),
-], ids=["custom layer the loader does not know", "lambda layer (code on load)"])
-def test_models_that_cannot_be_loaded_safely_are_refused(copy_of_smoke, layer, message):
+@keras.utils.register_keras_serializable(package="only_in_this_test")
+class Halves(keras.initializers.Initializer):
+    def __call__(self, shape, dtype=None):
+        return tf.fill(shape, 0.5)
+
+
+def model_around(layer):
     inputs = keras.Input((28, 28, 1))
-    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(layer()(inputs)))
-    save_user_model(keras.Model(inputs, outputs), copy_of_smoke / "custom.keras")
-    fails_cleanly(run_cli("convert", *SMOKE, "--model", "custom.keras", cwd=copy_of_smoke, check=False),
-                  "custom.keras", message)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(layer(inputs))))
+
+
+@pytest.mark.bad_input("model files")
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_lambda_layer_is_refused_before_its_code_can_run(tmp_path, suffix):
+    marker = tmp_path / "code-ran"
+    touch = eval(f"lambda x: __import__('pathlib').Path({str(marker)!r}).touch() or x")  # noqa: S307
+    model = model_around(keras.layers.Lambda(touch, name="touch"))
+    model.save(tmp_path / f"m{suffix}")
+    marker.unlink()  # building the model called the lambda once
+    with pytest.raises(PipelineError, match=f"m\\{suffix}: refused, not loaded: it holds Lambda layer 'touch'"):
+        load_model(tmp_path / f"m{suffix}")
+    assert not marker.exists()
+
+
+@pytest.mark.bad_input("model files")
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.parametrize("layer, message", [
+    (lambda: Doubler(name="doubler"), "custom class 'only_in_this_test>Doubler'"),
+    (lambda: keras.layers.Dense(3, kernel_initializer=Halves(), name="d"), "custom class 'only_in_this_test>Halves'"),
+], ids=["custom layer", "custom initializer"])
+def test_custom_classes_are_refused_even_when_registered(tmp_path, suffix, layer, message):
+    model_around(layer()).save(tmp_path / f"m{suffix}")
+    with pytest.raises(PipelineError, match=message):
+        load_model(tmp_path / f"m{suffix}")
+
+
+@pytest.mark.bad_input("model files")
+def test_a_tensorflow_op_outside_tensor_maths_is_refused(tmp_path):
+    inputs = keras.Input((4,))
+    outputs = tf.strings.as_string(inputs)  # becomes a TFOpLambda layer calling tf.strings.as_string
+    keras.Model(inputs, outputs).save(tmp_path / "m.keras")
+    with pytest.raises(PipelineError, match="calling tf.strings.as_string"):
+        load_model(tmp_path / "m.keras")
+
+
+def test_tensor_maths_in_a_functional_model_loads(tmp_path):
+    inputs = keras.Input((4,))
+    keras.Model(inputs, tf.nn.relu(inputs * 2.0 + 1.0)[:, :2]).save(tmp_path / "m.keras")
+    assert load_model(tmp_path / "m.keras").output_shape == (None, 2)
+
+
+@pytest.mark.bad_input("model files")
+def test_validate_refuses_an_unsafe_parent_named_by_a_record(copy_of_smoke):
+    marker = copy_of_smoke / "code-ran"
+    touch = eval(f"lambda x: __import__('pathlib').Path({str(marker)!r}).touch() or x")  # noqa: S307
+    model_around(keras.layers.Lambda(touch, name="touch")).save(copy_of_smoke / "evil.h5")
+    marker.unlink()
+    record = copy_of_smoke / "tflite_out" / "smoke.int8.tflite.json"
+    record.write_text(record.read_text().replace('"models/smoke.keras"', '"evil.h5"'))
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "evil.h5: refused, not loaded")
+    assert not marker.exists()
 
 
 @pytest.mark.bad_input(".tflite files")

@@ -260,3 +260,13 @@ def test_pruning_fine_tunes_a_soft_sharing_model_with_its_penalty():
     hard = fit_target(architectures.build("tiny", (12, 12, 1), 3, tasks=TASKS), multi_data(), TrainParams(
         sharing_coefficient=0.1), 1e-3)
     assert hard.groups == []  # one trunk: nothing to tie
+
+
+@pytest.mark.parametrize("sharing", ["hard", "soft"])
+def test_multi_task_models_pass_the_safe_loader_in_both_formats(sharing, tmp_path):
+    from pipeline.keras_io import load_model
+
+    model = architectures.build("tiny", (12, 12, 1), 3, width=4, options={"sharing": sharing}, tasks=TASKS)
+    for name in ("m.keras", "m.h5"):
+        model.save(tmp_path / name)
+        assert sorted(load_model(tmp_path / name).output_names) == sorted(TASKS)
