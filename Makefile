@@ -107,5 +107,5 @@ test: $(VENV_STAMP) data
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(BUILD) models/*.keras models/*.json tflite_out/*.tflite tflite_out/*.json tflite_out/*.md \
+	rm -rf $(BUILD) models/*.keras models/*.json models/user tflite_out/*.tflite tflite_out/*.json tflite_out/*.md tflite_out/user \
 	  tflite_out/zoo tflite_out/mtl tflite_out/pictures tflite_out/prune_compare tflite_out/*.png

@@ -17,6 +17,7 @@ from .errors import PipelineError
 
 MODELS_DIR = Path("models")
 OUT_DIR = Path("tflite_out")
+USER_DIR = "user"  # artefacts made from a model given with --model: models/user/, tflite_out/user/
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy")
 
@@ -45,6 +46,19 @@ def record_path(artefact: Path) -> Path:
 def model_stem(path: Path) -> str:
     """``models/x.pruned.keras`` -> ``x.pruned``: the model name used in .tflite file names."""
     return path.name.removesuffix(path.suffix)
+
+
+def is_config_model(source: Path, name: str) -> bool:
+    """True if ``source`` is one of the config ``name``'s own models (``models/<name>[.*].keras``)."""
+    stem = model_stem(source)
+    return source.resolve().parent == MODELS_DIR.resolve() and (stem == name or stem.startswith(name + "."))
+
+
+def place(path: Path, source: Path, name: str) -> Path:
+    """Where an artefact derived from ``source`` goes: ``path`` for the config's own models, the same
+    name under ``user/`` for any other model (a --model file), so that a model of yours, whatever its
+    name, can never overwrite an artefact the config ships."""
+    return path if is_config_model(source, name) else path.parent / USER_DIR / path.name
 
 
 def require(path: Path, made_by: str) -> Path:

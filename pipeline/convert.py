@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import file_hash, reuse_if_current, make_record, model_stem, pruned_path, read_record, require, \
+from .artifacts import file_hash, make_record, model_stem, place, pruned_path, read_record, require, reuse_if_current, \
     save_with_record, tflite_path, trained_path
 from .data import Dataset, load_dataset
 from .errors import PipelineError
@@ -67,7 +67,7 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
         if data is not None:
             check_fits_data(model, data, path)
         for fmt in params.convert.formats:
-            out = tflite_path(model_stem(path), fmt)
+            out = place(tflite_path(model_stem(path), fmt), path, params.name)
             convert_file(model, path, fmt, out, params, data, representative, pruned=pruned)
             written.append(out)
     return written

@@ -6,7 +6,8 @@ import math
 import time
 from pathlib import Path
 
-from .artifacts import file_hash, reuse_if_current, make_record, model_stem, pruned_path, read_record, require, trained_path
+from .artifacts import file_hash, make_record, model_stem, place, pruned_path, read_record, require, reuse_if_current, \
+    trained_path
 from .costs import layer_cost, model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
@@ -131,7 +132,7 @@ def multitask_settings(params: Params, data: Dataset) -> dict:
 def prune(params: Params, model_path: Path | None = None) -> Path:
     """Prune the trained model (or a user's ``model_path``); write ``models/<stem>.pruned.keras``."""
     source, model, data = load_parent(params, model_path, refuse=("prune",))
-    out = pruned_path(model_stem(source))
+    out = place(pruned_path(model_stem(source)), source, params.name)
     used = {**params.subset("data", "prune"), **multitask_settings(params, data)}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
                                                        "revision": REVISION}, parent=str(source), dataset=data.source)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import litert
-from .artifacts import OUT_DIR, file_hash, make_record, model_stem, reuse_if_current, trained_path, write_bytes, \
+from .artifacts import OUT_DIR, file_hash, make_record, model_stem, place, reuse_if_current, trained_path, write_bytes, \
     write_text
 from .compare import scatter_png
 from .convert import representative_data, to_tflite
@@ -49,7 +49,7 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     """Structured pruning of the trained model (or ``model_path``); writes ``models/<stem>.shrunk.keras``."""
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     stem = model_stem(source)
-    out = shrunk_path(stem)
+    out = place(shrunk_path(stem), source, params.name)
     used = {**params.subset("data", "structured"), "validate": params.section("validate"),
             **multitask_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
@@ -66,8 +66,8 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
     metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1), "history": history}
     save_model(kept, out, {**planned, "metrics": metrics})
-    write_text(OUT_DIR / f"{stem}.shrunk.md", history_markdown(stem, s, history))
-    write_bytes(OUT_DIR / f"{stem}.shrunk.png", history_png(history))
+    write_text(place(OUT_DIR / f"{stem}.shrunk.md", source, params.name), history_markdown(stem, s, history))
+    write_bytes(place(OUT_DIR / f"{stem}.shrunk.png", source, params.name), history_png(history))
     kept_row = [h for h in history if h["within_budget"]][-1]
     print(f"shrink: kept round {kept_row['round']}: {kept_row['macs'] / history[0]['macs']:.0%} of the MACs, "
           f"p50 {kept_row['p50_ms']:.3f} ms (from {history[0]['p50_ms']:.3f}), test {metrics['test_accuracy']:.4f} "
@@ -114,9 +114,9 @@ def sensitivity_report(params: Params, model_path: Path | None = None) -> Path:
     for name, found in groups.items():
         lines.append(f"| {name} | {found[0]['channels']} | " +
                      " | ".join(f"{100 * r['val_accuracy']:.2f}" for r in found) + " |")
-    out = OUT_DIR / f"{stem}.sensitivity.md"
+    out = place(OUT_DIR / f"{stem}.sensitivity.md", source, params.name)
     write_text(out, "\n".join(lines) + "\n")
-    write_bytes(OUT_DIR / f"{stem}.sensitivity.png", sensitivity_png(groups, base))
+    write_bytes(out.with_suffix(".png"), sensitivity_png(groups, base))
     print(f"sensitivity: {len(groups)} layers -> {out}", flush=True)
     return out
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from . import litert
-from .artifacts import OUT_DIR, model_stem, read_record, report_path, tflite_path, write_json, write_text
+from .artifacts import OUT_DIR, USER_DIR, is_config_model, model_stem, place, read_record, report_path, tflite_path, \
+    write_json, write_text
 from .costs import model_costs, totals
 from .data import Dataset, load_dataset
 from .errors import PipelineError
@@ -26,11 +27,13 @@ def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OU
         what, made_by = f"of {params.name}", "mobiledeploy convert"
     else:
         wanted = keras_model.resolve()
-        files = [f for f in sorted(out_dir.glob("*.tflite"))
+        folder = out_dir if is_config_model(keras_model, params.name) else out_dir / USER_DIR
+        files = [f for f in sorted(folder.glob("*.tflite"))
                  if Path((read_record(f) or {}).get("keras_model", "")).resolve() == wanted]
         what, made_by = f"converted from {keras_model}", f"mobiledeploy convert --model {keras_model}"
     if not files:
-        raise PipelineError(f"no .tflite files {what} in {out_dir}; they are made by `{made_by}`")
+        raise PipelineError(f"no .tflite files {what} in {folder if keras_model else out_dir}; they are made by "
+                            f"`{made_by}`")
     return files
 
 
@@ -124,8 +127,11 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
     report = {"dataset": data.source, "test_examples": len(data.y_test), "artefacts": entries}
-    name = params.name if keras_model is None else model_stem(keras_model)
-    json_path, md_path = (out_dir / report_path(name, suffix).name for suffix in (".json", ".md"))
+    if keras_model is None:
+        json_path = out_dir / report_path(params.name).name
+    else:
+        json_path = place(out_dir / report_path(model_stem(keras_model)).name, keras_model, params.name)
+    md_path = json_path.with_suffix(".md")
     write_json(json_path, report)
     write_text(md_path, markdown(report))
     print(f"validate: {len(entries)} artefacts -> {json_path}, {md_path}")

@@ -153,13 +153,19 @@ def test_a_failed_write_leaves_the_previous_artefact_and_no_temporary_file(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
 
 
-def test_your_own_model_goes_through_prune_convert_and_validate(copy_of_smoke):
-    shutil.copy(copy_of_smoke / "models" / "smoke.keras", copy_of_smoke / "mine.keras")  # no record beside it
+def test_your_own_model_goes_through_prune_convert_and_validate_without_touching_the_configs(copy_of_smoke):
+    # named like the config's own model on purpose: its artefacts must not overwrite the config's
+    (copy_of_smoke / "other").mkdir()
+    shutil.copy(copy_of_smoke / "models" / "smoke.keras", copy_of_smoke / "other" / "smoke.keras")  # no record
+    shipped = {k: v for k, v in snapshot(copy_of_smoke).items() if k.startswith(("models/", "tflite_out/"))}
     for stage in ("prune", "convert", "validate"):
-        run_cli(stage, *SMOKE, "--model", "mine.keras", cwd=copy_of_smoke)
-    assert (copy_of_smoke / "models" / "mine.pruned.keras").is_file()
-    entries = report(copy_of_smoke, "mine")["artefacts"]
-    assert {(e["model"], e["format"]) for e in entries} == {("mine", f) for f in FORMATS}
+        run_cli(stage, *SMOKE, "--model", "other/smoke.keras", cwd=copy_of_smoke)
+    after = snapshot(copy_of_smoke)
+    assert all(after[k] == v for k, v in shipped.items())
+    assert (copy_of_smoke / "models" / "user" / "smoke.pruned.keras").is_file()
+    entries = report(copy_of_smoke, "user/smoke")["artefacts"]
+    assert {(e["file"], e["model"], e["format"]) for e in entries} == {
+        (f"tflite_out/user/smoke.{f}.tflite", "smoke", f) for f in FORMATS}
     assert all(e["keras_agreement"] >= 0.98 for e in entries)
 
 
