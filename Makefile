@@ -13,7 +13,7 @@ BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare pictures \
-        samples test data debian-dataset clean help
+        samples test bad-input-table data debian-dataset clean help
 .DELETE_ON_ERROR:
 
 all: check
@@ -105,6 +105,11 @@ pictures: $(TRAINED)
 
 test: $(VENV_STAMP) data
 	$(PY) -m pytest
+
+# Run the test suite and put its bad-input table (.build/bad_input.md) into README.md between the markers.
+bad-input-table: test
+	$(PY) -c 'import pathlib, re; r = pathlib.Path("README.md"); t = pathlib.Path("$(BUILD)/bad_input.md").read_text(); \
+	  r.write_text(re.sub(r"(<!-- bad-input-table -->\n).*?(<!-- /bad-input-table -->)", lambda m: m[1] + t + m[2], r.read_text(), flags=re.S))'
 
 clean:
 	rm -rf $(BUILD) models/*.keras models/*.json models/user tflite_out/*.tflite tflite_out/*.json tflite_out/*.md tflite_out/user \

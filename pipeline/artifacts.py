@@ -189,5 +189,12 @@ def save_with_record(path: Path, save: Callable[[Path], None], record: dict[str,
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
+    """The record beside ``path`` (None if there is none); PipelineError if it is not a JSON object."""
     rec = record_path(path)
-    return read_json(rec) if rec.is_file() else None
+    if not rec.is_file():
+        return None
+    record = read_json(rec)
+    if not isinstance(record, dict):
+        raise PipelineError(f"{rec}: not a record (expected a JSON object, got {type(record).__name__}); "
+                            f"remove it or re-make {path.name}")
+    return record

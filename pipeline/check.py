@@ -1,25 +1,34 @@
-"""Stage 5: the accuracy-regression gate. Compares report.json against a committed gates file."""
+"""Stage 5: the accuracy-regression gate. Compares a report against a committed gates file.
+
+``check`` believes nothing it cannot re-derive: the report must match its schema (finite metrics in
+range, one entry per file), every file it judged must still be on disk with the same sha256 and
+record, and it must have been made on the test set and with the params the gates were written for.
+With ``recompute`` the accuracies themselves are measured again from the files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from .artifacts import read_json, write_text
-from .errors import PipelineError
-from .params import CheckParams
+from .artifacts import write_text
+from .errors import PipelineError, clip, short
+from .params import CheckParams, ParamsError, read_yaml
+from .report import SCHEMA, file_problems, load_report, params_difference, params_hash
 
 
 @dataclasses.dataclass(frozen=True)
 class Violation:
     file: str
     gate: str
-    limit: float | None
-    value: float | None
+    limit: Any
+    value: Any
+    kind: str = "gate"  # gate | file (the disk differs from the report) | binding (gates made for other data/params)
 
 
 def _drop(e: dict) -> float | None:
@@ -50,49 +59,91 @@ def reader(gate: str) -> tuple[Callable[[dict], Any], bool] | None:
     return (lambda e: read(e["tasks"][task]) if task in e.get("tasks", {}) else None), at_least
 
 
-def load_gates(path: Path) -> dict[str, dict[str, float]]:
+@dataclasses.dataclass(frozen=True)
+class Gates:
+    limits: dict[str, dict[str, float]]  # file -> gate -> limit
+    made_with: dict[str, Any]  # schema, dataset, test_examples, test_set, params: what the limits were measured on
+
+
+def load_gates(path: Path) -> Gates:
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"gates file {path} not found; write one from a report with `mobiledeploy check "
-                            "--update` (or `make gates`)") from None
-    except yaml.YAMLError as exc:
-        raise PipelineError(f"gates file {path}: YAML syntax error: {exc}".splitlines()[0]) from None
-    gates = (data or {}).get("artefacts") if isinstance(data, dict) else None
+        data = read_yaml(path, "gates file")
+    except ParamsError as exc:
+        if not path.exists():
+            raise PipelineError(f"gates file {path} not found; write one from a report with `mobiledeploy check "
+                                "--update` (or `make gates`)") from None
+        raise PipelineError(str(exc)) from None
+    gates = data.get("artefacts") if isinstance(data, dict) else None
     if not isinstance(gates, dict) or not gates:
         raise PipelineError(f"gates file {path}: expected a non-empty 'artefacts' mapping of file -> gates")
     for file, limits in gates.items():
         if not isinstance(limits, dict):
-            raise PipelineError(f"gates file {path}: {file}: expected a mapping of gate -> limit")
+            raise PipelineError(f"gates file {path}: {short(file)}: expected a mapping of gate -> limit")
         for gate, limit in limits.items():
-            if reader(gate) is None:
-                raise PipelineError(f"gates file {path}: {file}: unknown gate {gate!r}; known: {', '.join(GATES)}, "
-                                    f"and per task {', '.join(f'{g}:<task>' for g in TASK_GATES)}")
-            if not isinstance(limit, (int, float)) or isinstance(limit, bool):
-                raise PipelineError(f"gates file {path}: {file}: {gate}: expected a number, got {limit!r}")
-    return gates
+            if not isinstance(gate, str) or reader(gate) is None:
+                raise PipelineError(f"gates file {path}: {short(file)}: unknown gate {short(gate)}; known: "
+                                    f"{', '.join(GATES)}, and per task {', '.join(f'{g}:<task>' for g in TASK_GATES)}")
+            if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not math.isfinite(limit):
+                raise PipelineError(f"gates file {path}: {short(file)}: {gate}: expected a finite number, "
+                                    f"got {short(limit)}")
+    made_with = data.get("made_with")
+    if not isinstance(made_with, dict) or made_with.get("schema") != SCHEMA or \
+            not isinstance(made_with.get("params"), dict) or not isinstance(made_with.get("test_set"), str):
+        raise PipelineError(f"gates file {path}: no 'made_with' block of schema {SCHEMA} (the test set and params "
+                            "the limits were measured on); rewrite it on purpose with `mobiledeploy check --update`")
+    return Gates(gates, made_with)
 
 
-def violations(report: dict, gates: dict[str, dict[str, float]]) -> list[Violation]:
+def binding(report: dict, made_with: dict) -> list[Violation]:
+    """The report was made on another test set, or with other params, than the gates were written for."""
+    found = []
+    if report["test_set"] != made_with["test_set"]:
+        found.append(Violation("(report)", "test set", f"{made_with.get('test_examples')} examples, "
+                               f"{made_with['test_set'][:15]}…", f"{report['test_examples']} examples, "
+                               f"{report['test_set'][:15]}…", "binding"))
+    if params_hash(report["params"]) != params_hash(made_with["params"]):
+        for key, gates_value, report_value in params_difference(made_with["params"], report["params"]):
+            found.append(Violation("(report)", f"params {key}", gates_value, report_value, "binding"))
+    return found
+
+
+def violations(report: dict, limits: dict[str, dict[str, float]]) -> list[Violation]:
     """Every gate the report breaks; an artefact named in the gates but absent from the report is one."""
     entries = {e["file"]: e for e in report.get("artefacts", [])}
     found = []
-    for file, limits in gates.items():
+    for file, gates in limits.items():
         entry = entries.get(file)
         if entry is None:
             found.append(Violation(file, "present in report", None, None))
             continue
-        for gate, limit in limits.items():
+        for gate, limit in gates.items():
             read, at_least = reader(gate)
             value = read(entry)
-            if value is None or (value < limit if at_least else value > limit):
+            if value is None or not math.isfinite(value) or (value < limit if at_least else value > limit):
                 found.append(Violation(file, gate, limit, value))
     return found
 
 
-def _fmt(value: float | None) -> str:
+def check(report_path: Path, gates_path: Path, recompute: Callable[[dict], list[Violation]] | None = None
+          ) -> tuple[list[Violation], int]:
+    """(violations, number of gates checked). Files that differ from the report and a report made for
+    other data or params are violations too; ``recompute(report)`` re-measures the files, replacing the
+    report's numbers with the measured ones and returning where they disagreed."""
+    report = load_report(report_path)
+    gates = load_gates(gates_path)
+    found = [Violation(file, "file", "as validated", problem, "file") for file, problem in file_problems(report)]
+    found += binding(report, gates.made_with)
+    if recompute is not None and not found:
+        found += recompute(report)
+    found += violations(report, gates.limits)
+    return found, sum(len(g) for g in gates.limits.values())
+
+
+def _fmt(value: Any) -> str:
     if value is None:
         return "missing"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return clip(str(value), 70)
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
@@ -100,13 +151,6 @@ def table(found: list[Violation]) -> str:
     rows = [("artefact", "gate", "limit", "value")] + [(v.file, v.gate, _fmt(v.limit), _fmt(v.value)) for v in found]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def check(report_path: Path, gates_path: Path) -> tuple[list[Violation], int]:
-    """(violations, number of gates checked)."""
-    report = read_json(report_path)
-    gates = load_gates(gates_path)
-    return violations(report, gates), sum(len(g) for g in gates.values())
 
 
 def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str, float]]:
@@ -128,13 +172,63 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
     return gates
 
 
+def made_with(report: dict) -> dict[str, Any]:
+    return {"schema": SCHEMA, "dataset": report["dataset"].split(" (")[0], "test_examples": report["test_examples"],
+            "test_set": report["test_set"], "params": report["params"]}
+
+
 def update_gates(report_path: Path, gates_path: Path, margins: CheckParams, command: str) -> None:
-    """Rewrite the gates file from a report, on purpose only (``check --update``)."""
-    report = read_json(report_path)
+    """Rewrite the gates file from a report, on purpose only (``check --update``). The report must
+    match its schema and every file it judged must be on disk unchanged."""
+    report = load_report(report_path)
+    stale = file_problems(report)
+    if stale:
+        file, problem = stale[0]
+        raise PipelineError(f"{report_path}: {file} is {problem}; re-run `mobiledeploy validate` before writing "
+                            "gates from it")
     gates = gates_from_report(report, margins)
     header = (f"# Accuracy-regression gates, written by `{command}` on {datetime.date.today()}\n"
               f"# from {report_path} ({report['dataset'].split(' (')[0]}, {report['test_examples']} test examples).\n"
               f"# Room for noise (params.check): accuracy -{margins.accuracy_margin}, drop vs Keras "
               f"+{margins.drop_margin}, size and gzipped size +{margins.size_margin:.0%}.\n"
-              "# Edit by hand only to tighten or loosen a gate on purpose; say why in the commit.\n")
-    write_text(gates_path, header + yaml.safe_dump({"artefacts": gates}, sort_keys=True))
+              "# made_with: the test set and params these limits were measured on; `check` refuses a report\n"
+              "# made on another test set or with other params. Edit by hand only to tighten or loosen a\n"
+              "# gate on purpose; say why in the commit.\n")
+    write_text(gates_path, header + yaml.safe_dump({"made_with": made_with(report), "artefacts": gates},
+                                                   sort_keys=True))
+
+
+MEASURED = ("accuracy", "keras_accuracy", "keras_agreement", "size_bytes", "gzip_bytes")
+
+
+def recomputer(params) -> Callable[[dict], list[Violation]]:
+    """``check --recompute``: measure every file of a report again (LiteRT and the Keras parent on the
+    test set of ``params``; no latency), put the measured numbers in the report so the gates judge
+    them, and flag each number the report got wrong by more than one test example."""
+
+    def recompute(report: dict) -> list[Violation]:
+        from .data import load_dataset
+        from .measure import KerasParents, measure
+        from .report import test_set
+
+        data = load_dataset(params.data, params.seed)
+        if test_set(data) != report["test_set"]:
+            return [Violation("(report)", "test set", f"{report['test_examples']} examples in the report",
+                              f"{len(data.y_test)} examples in this config's data", "binding")]
+        parents, tolerance = KerasParents(data.x_test), 1 / len(data.y_test) + 1e-9
+        found = []
+        for e in report["artefacts"]:
+            fresh = measure(Path(e["file"]), params, data, parents, latency=False)
+            pairs = [(key, e.get(key), fresh[key]) for key in MEASURED]
+            pairs += [(f"{key}:{task}", e.get("tasks", {}).get(task, {}).get(key), scores[key])
+                      for task, scores in fresh.get("tasks", {}).items() for key in MEASURED[:3]]
+            for key, claimed, measured in pairs:
+                if (claimed is None) != (measured is None) or \
+                        (measured is not None and abs(claimed - measured) > tolerance):
+                    found.append(Violation(e["file"], f"recomputed {key}", claimed, measured, "recomputed"))
+            e.update({key: fresh[key] for key in MEASURED})
+            if "tasks" in fresh:
+                e["tasks"] = fresh["tasks"]
+        return found
+
+    return recompute

@@ -136,24 +136,34 @@ def validate(params, model_path, **_):
 @click.option("--gates", "gates_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Gates file (default: params check.gates).")
 @click.option("--update", is_flag=True, help="Rewrite the gates file from the report instead of checking.")
+@click.option("--recompute", is_flag=True,
+              help="Measure every accuracy again from the files themselves instead of trusting the report.")
 @stage_options
-def check(params, report, gates_path, update, params_file, overrides, **_):
-    """Fail (exit 1, with a table) if the report breaks any gate in the gates file."""
-    from .check import check as run, table, update_gates
+def check(params, report, gates_path, update, recompute, params_file, overrides, **_):
+    """Fail (exit 1, with a table) if the report breaks any gate, or no longer describes the files."""
+    from .check import check as run, recomputer, table, update_gates
 
     gates_path = gates_path or Path(params.check.gates)
     report = report or report_path(params.name)
+    again = " ".join(["--params", params_file, *[f"--set {o}" for o in overrides]])
     if update:
-        command = " ".join(["mobiledeploy check --update", f"--params {params_file}",
-                            *[f"--set {o}" for o in overrides]])
-        update_gates(report, gates_path, params.check, command)
+        update_gates(report, gates_path, params.check, f"mobiledeploy check --update {again}")
         click.echo(f"check: wrote gates for the artefacts in {report} to {gates_path}")
         return
-    found, count = run(report, gates_path)
+    found, count = run(report, gates_path, recomputer(params) if recompute else None)
     if found:
-        click.echo(f"check: {len(found)} of {count} gates failed ({gates_path}):\n{table(found)}", err=True)
+        fixes = {"file": f"the files on disk are not those the report judged: re-run `mobiledeploy validate {again}`"
+                         " (make validate)",
+                 "binding": f"the report was made for other data or params than {gates_path}: if the change is "
+                            f"intended, rewrite the gates on purpose (`mobiledeploy check --update {again}`) and "
+                            "commit them",
+                 "recomputed": "the report's numbers are not what the files give: the report was edited or is "
+                               "stale; re-run `mobiledeploy validate`"}
+        notes = "".join(f"\n{fixes[kind]}" for kind in dict.fromkeys(v.kind for v in found) if kind in fixes)
+        click.echo(f"check: {len(found)} problem(s), {count} gates in {gates_path}:\n{table(found)}{notes}", err=True)
         sys.exit(1)
-    click.echo(f"check: all {count} gates in {gates_path} pass")
+    how = ", every accuracy measured again from the files" if recompute else ""
+    click.echo(f"check: all {count} gates in {gates_path} pass ({report}: every file on disk as validated{how})")
 
 
 @cli.command()

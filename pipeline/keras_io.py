@@ -73,23 +73,25 @@ def unsafe_parts(config: Any) -> list[str]:
             continue
         if not isinstance(node, dict):
             continue
-        stack.extend(node.values())
+        # compile_config (optimizer, loss) is never deserialised: models are loaded with compile=False
+        stack.extend(value for key, value in node.items() if key != "compile_config")
         name = node.get("class_name")
-        layer = (node.get("config") or {}).get("name", "?") if isinstance(node.get("config"), dict) else "?"
+        config = node.get("config") if isinstance(node.get("config"), dict) else {}
+        layer = f" (layer {config['name']!r})" if isinstance(config.get("name"), str) else ""
         if "function_type" in node:
             found.append(f"a serialised Python function ({node.get('function_type')})")
         if not isinstance(name, str):
             continue
         registered = node.get("registered_name") or ""
         if name == "Lambda":
-            found.append(f"Lambda layer {layer!r} (its Python code would run on load)")
+            found.append(f"a Lambda layer{layer}: its Python code would run on load")
         elif ">" in name or ">" in registered or not _is_builtin(name):
-            found.append(f"custom class {(registered or name)!r} (layer {layer!r})")
+            found.append(f"custom class {(registered or name)!r}{layer}")
         elif name in ("TFOpLambda", "SlicingOpLambda"):
-            function = str((node.get("config") or {}).get("function", ""))
+            function = str(config.get("function", ""))
             head, dot, _ = function.partition(".")
             if not (head in TF_OP_NAMESPACES if dot else function in TF_OP_FUNCTIONS):
-                found.append(f"TensorFlow op layer {layer!r} calling tf.{function}")
+                found.append(f"a TensorFlow op layer{layer} calling tf.{function}")
     return found
 
 
@@ -108,7 +110,7 @@ def load_model(path: Path):
         raise PipelineError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
     if path.suffix not in (".keras", ".h5"):
         raise PipelineError(f"{path}: unsupported model file; expected .keras or .h5")
-    unsafe = sorted(set(unsafe_parts(_model_config(path))), key=lambda part: not part.startswith("Lambda"))
+    unsafe = sorted(set(unsafe_parts(_model_config(path))), key=lambda part: "Lambda" not in part)
     if unsafe:
         more = f" and {len(unsafe) - 1} more" if len(unsafe) > 1 else ""
         raise PipelineError(f"{path}: refused, not loaded: it holds {unsafe[0]}{more}; only Keras built-in "

@@ -1,20 +1,20 @@
-"""Stage 4: a config's .tflite files through LiteRT: accuracy, agreement with Keras, size, latency."""
+"""Stage 4: a config's .tflite files through LiteRT: accuracy, agreement with Keras, size, latency.
+
+The report it writes is bound to what it judged (:mod:`pipeline.report`): each file's sha256 and
+record key, the test set's fingerprint and the params that made the artefacts."""
 
 from __future__ import annotations
 
-import gzip
 import time
 from pathlib import Path
 
-import numpy as np
-
-from . import litert
 from .artifacts import OUT_DIR, USER_DIR, is_config_model, model_stem, place, read_record, report_path, tflite_path, \
     write_json, write_text
-from .costs import model_costs, totals
-from .data import Dataset, load_dataset
+from .data import load_dataset
 from .errors import PipelineError
-from .params import FORMATS, Params
+from .measure import KerasParents, measure
+from .params import Params
+from .report import make_report
 
 
 def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> list[Path]:
@@ -37,83 +37,6 @@ def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     return files
 
 
-def parse_name(path: Path) -> tuple[str, str]:
-    """``<model>.<format>.tflite`` -> (model, format)."""
-    stem = path.name.removesuffix(".tflite")
-    model, _, fmt = stem.rpartition(".")
-    return (model, fmt) if model and fmt in FORMATS else (stem, "unknown")
-
-
-class KerasParents:
-    """Keras predictions on the test set, computed once per parent model."""
-
-    def __init__(self, x_test: np.ndarray):
-        self.x_test = x_test
-        self._cache: dict[str, tuple[np.ndarray, dict]] = {}
-
-    def get(self, path: str) -> tuple[np.ndarray, dict] | None:
-        if path not in self._cache:
-            if not Path(path).is_file():
-                return None
-            from .keras_io import load_model
-            from .train import predict_labels
-
-            model = load_model(Path(path))
-            self._cache[path] = (predict_labels(model, self.x_test), totals(model_costs(model)))
-        return self._cache[path]
-
-
-def _by_task(labels, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Predictions keyed by task ("label" for a single-task model)."""
-    return labels if isinstance(labels, dict) else {tasks[0] if tasks else "label": labels}
-
-
-def validate_one(path: Path, params: Params, data: Dataset, parents: KerasParents) -> dict:
-    record = read_record(path) or {}
-    model, fmt = parse_name(path)
-    v = params.validate
-    predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, v.threads, v.warmup_runs,
-                                             v.latency_runs)
-    heads = data.tasks or ("label",)
-    if sorted(predictions) != sorted(heads) and not (len(heads) == 1 and len(predictions) == 1):
-        raise PipelineError(f"{path}: outputs {', '.join(sorted(predictions))} do not match the data's "
-                            f"{'tasks ' + ', '.join(heads) if data.tasks else 'single label'}")
-    if len(heads) == 1:
-        predictions = {heads[0]: next(iter(predictions.values()))}
-    truth = {task: (data.y_test[:, i] if data.tasks else data.y_test) for i, task in enumerate(heads)}
-    parent = parents.get(record["keras_model"]) if record.get("keras_model") else None
-    keras_labels = _by_task(parent[0], data.tasks) if parent else {}
-    per_task = {}
-    for task in heads:
-        found = {"accuracy": round(float(np.mean(predictions[task] == truth[task])), 5),
-                 "keras_accuracy": None, "keras_agreement": None}
-        if parent:
-            found.update(keras_accuracy=round(float(np.mean(keras_labels[task] == truth[task])), 5),
-                         keras_agreement=round(float(np.mean(keras_labels[task] == predictions[task])), 5))
-        per_task[task] = found
-
-    def mean(key):
-        values = [t[key] for t in per_task.values()]
-        return None if None in values else round(float(np.mean(values)), 5)
-
-    blob = path.read_bytes()
-    entry = {
-        "file": path.as_posix(), "model": record.get("model", model), "format": record.get("format", fmt),
-        "pruned": bool(record.get("pruned", False)), "accuracy": mean("accuracy"),
-        "keras_model": record.get("keras_model"), "keras_accuracy": mean("keras_accuracy"),
-        "keras_agreement": mean("keras_agreement"),
-        "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
-        "latency_ms": latencies[0], "latency_by_threads": latencies,
-        "params": None, "macs": None, "sparsity": None,
-    }
-    if data.tasks:  # the headline numbers above are means over the tasks
-        entry["tasks"] = per_task
-    if parent is not None:
-        cost = parent[1]
-        entry.update(params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))
-    return entry
-
-
 def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
     """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them."""
     files = discover(params, keras_model, out_dir)
@@ -122,11 +45,11 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     entries = []
     for path in files:
         start = time.perf_counter()
-        entry = validate_one(path, params, data, parents)
+        entry = measure(path, params, data, parents)
         entries.append(entry)
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
-    report = {"dataset": data.source, "test_examples": len(data.y_test), "artefacts": entries}
+    report = make_report(params, data, entries)
     if keras_model is None:
         json_path = out_dir / report_path(params.name).name
     else:

@@ -28,9 +28,10 @@ VALUES = st.one_of(st.integers(-5, 300), st.floats(-2, 2, allow_nan=False), st.b
 
 @pytest.mark.bad_input("params (generated)")
 def test_any_override_either_loads_or_is_refused_naming_the_key(record_property):
-    tried = []
+    tried, loaded = [], []
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # derandomized: the same 300 cases every run, so the table below is reproducible
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
     @given(st.sampled_from(KEYS), VALUES)
     def one(key, value):
         tried.append(1)
@@ -38,12 +39,14 @@ def test_any_override_either_loads_or_is_refused_naming_the_key(record_property)
         try:
             params = load_params(ROOT / "params.yaml", [text])
         except ParamsError as exc:
-            assert str(exc).startswith(("params: ", "--set ")) and "\n" not in str(exc)
+            assert str(exc).startswith(("params: ", "--set ")) and "\n" not in str(exc) and len(str(exc)) <= 500
         else:
-            params.check_all()
+            params.check_all()  # a valid value: it loads, and is counted as such, not as refused
+            loaded.append(1)
 
     one()
     record_property("cases", len(tried))
+    record_property("loaded", len(loaded))
 
 
 def save_user_model(model, path):
@@ -87,7 +90,7 @@ def test_a_lambda_layer_is_refused_before_its_code_can_run(tmp_path, suffix):
     model = model_around(keras.layers.Lambda(touch, name="touch"))
     model.save(tmp_path / f"m{suffix}")
     marker.unlink()  # building the model called the lambda once
-    with pytest.raises(PipelineError, match=f"m\\{suffix}: refused, not loaded: it holds Lambda layer 'touch'"):
+    with pytest.raises(PipelineError, match=f"m\\{suffix}: refused, not loaded: it holds a Lambda layer \\(layer 'touch'\\)"):
         load_model(tmp_path / f"m{suffix}")
     assert not marker.exists()
 

@@ -1,52 +1,192 @@
+"""The gate: limits, and everything that binds a report to the files, data and params it judges."""
+
 import copy
+import json
+import math
 
 import pytest
 import yaml
 
-from pipeline.check import check, gates_from_report, load_gates, violations
+from conftest import ROOT, tiny_dataset
+from pipeline.artifacts import file_hash, write_json
+from pipeline.check import check, gates_from_report, load_gates, update_gates, violations
 from pipeline.errors import PipelineError
-from pipeline.params import CheckParams
+from pipeline.params import CheckParams, load_params
+from pipeline.report import load_report, make_report
 
-REPORT = {"dataset": "synthetic", "test_examples": 100, "artefacts": [
-    {"file": "tflite_out/m.int8.tflite", "accuracy": 0.90, "keras_accuracy": 0.91, "keras_agreement": 0.99,
-     "size_bytes": 1000, "gzip_bytes": 800},
-    {"file": "tflite_out/m.float32.tflite", "accuracy": 0.91, "keras_accuracy": 0.91, "keras_agreement": 1.0,
-     "size_bytes": 4000, "gzip_bytes": 3600},
-]}
-GATES = gates_from_report(REPORT, CheckParams(accuracy_margin=0.01, drop_margin=0.005, size_margin=0.05))
+MARGINS = CheckParams(accuracy_margin=0.01, drop_margin=0.005, size_margin=0.05)
+PARAMS = load_params(ROOT / "params.yaml")
+LATENCY = {"threads": 1, "p50": 0.1, "p90": 0.2, "p99": 0.3, "runs": 200}
 
 
-def test_gates_written_from_a_report_pass_on_that_report():
-    assert violations(REPORT, GATES) == []
+def entry(path, accuracy, keras_accuracy):
+    record = {"key": f"sha256:{'ab' * 32}"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(range(256)) * (int(accuracy * 10)))
+    write_json(path.with_name(path.name + ".json"), record)
+    size = path.stat().st_size
+    return {"file": path.as_posix(), "sha256": file_hash(path), "record_key": record["key"], "accuracy": accuracy,
+            "keras_accuracy": keras_accuracy, "keras_agreement": 0.99, "size_bytes": size, "gzip_bytes": size // 2,
+            "latency_ms": LATENCY, "latency_by_threads": [LATENCY]}
 
 
-def test_an_accuracy_regression_fails_the_gate():
-    worse = copy.deepcopy(REPORT)
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A folder with two small files, a report on them, and gates written from it."""
+    monkeypatch.chdir(tmp_path)
+    from pathlib import Path
+
+    entries = [entry(Path("tflite_out/m.int8.tflite"), 0.90, 0.91), entry(Path("tflite_out/m.float32.tflite"), 0.91, 0.91)]
+    write_json(tmp_path / "report.json", make_report(PARAMS, tiny_dataset(), entries))
+    update_gates(tmp_path / "report.json", tmp_path / "gates.yaml", MARGINS, "test")
+    return tmp_path
+
+
+def edit_report(project, change):
+    report = json.loads((project / "report.json").read_text())
+    change(report)
+    (project / "report.json").write_text(json.dumps(report))
+
+
+def problems(project):
+    return [(v.file, v.gate, v.kind) for v in check(project / "report.json", project / "gates.yaml")[0]]
+
+
+def test_gates_written_from_a_report_pass_on_that_report(project):
+    found, count = check(project / "report.json", project / "gates.yaml")
+    assert found == [] and count == 8
+
+
+def test_an_accuracy_regression_fails_the_gate(project):
+    report = load_report(project / "report.json")
+    worse = copy.deepcopy(report)
     worse["artefacts"][0]["accuracy"] = 0.85
-    found = violations(worse, GATES)
+    found = violations(worse, load_gates(project / "gates.yaml").limits)
     assert {(v.file, v.gate) for v in found} == {("tflite_out/m.int8.tflite", "min_accuracy"),
                                                  ("tflite_out/m.int8.tflite", "max_drop")}
 
 
-def test_a_bigger_file_fails_the_size_gate():
-    bigger = copy.deepcopy(REPORT)
-    bigger["artefacts"][1]["size_bytes"] = 5000
-    assert [(v.gate, v.limit, v.value) for v in violations(bigger, GATES)] == [("max_size_bytes", 4200, 5000)]
+def test_a_bigger_file_fails_the_size_gate(project):
+    report = load_report(project / "report.json")
+    report["artefacts"][1]["size_bytes"] *= 2
+    assert [v.gate for v in violations(report, load_gates(project / "gates.yaml").limits)] == ["max_size_bytes"]
 
 
-def test_an_artefact_missing_from_the_report_fails():
-    partial = {**REPORT, "artefacts": REPORT["artefacts"][:1]}
-    assert [v.gate for v in violations(partial, GATES)] == ["present in report"]
+def test_an_artefact_missing_from_the_report_fails(project):
+    edit_report(project, lambda r: r["artefacts"].pop())
+    assert problems(project) == [("tflite_out/m.float32.tflite", "present in report", "gate")]
 
 
-def test_unknown_gate_in_the_gates_file_is_an_error(tmp_path):
-    path = tmp_path / "gates.yaml"
-    path.write_text(yaml.safe_dump({"artefacts": {"a.tflite": {"min_acc": 0.5}}}))
-    with pytest.raises(PipelineError, match="unknown gate 'min_acc'; known: min_accuracy"):
-        load_gates(path)
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_file_replaced_after_validation_fails_even_with_its_old_modification_time(project):
+    path = project / "tflite_out" / "m.int8.tflite"
+    stat = path.stat()
+    path.write_bytes(b"\x00" * stat.st_size)
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert problems(project) == [("tflite_out/m.int8.tflite", "file", "file")]
 
 
-def test_missing_gates_file_says_how_to_write_one(tmp_path):
-    (tmp_path / "report.json").write_text("{}")
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_deleted_file_fails(project):
+    (project / "tflite_out" / "m.float32.tflite").unlink()
+    found = check(project / "report.json", project / "gates.yaml")[0]
+    assert [(v.file, v.value) for v in found] == [("tflite_out/m.float32.tflite", "missing")]
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_record_swapped_after_validation_fails(project):
+    write_json(project / "tflite_out" / "m.int8.tflite.json", {"key": "sha256:" + "cd" * 32})
+    assert problems(project) == [("tflite_out/m.int8.tflite", "file", "file")]
+
+
+@pytest.mark.bad_input("tampered verdicts")
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["artefacts"][0].update(accuracy=math.nan), "NaN is not a number a report may hold"),
+    (lambda r: r["artefacts"][0].update(accuracy=math.inf), "Infinity is not a number"),
+    (lambda r: r["artefacts"][0].update(accuracy=1.5), r"accuracy: expected a number in \[0, 1\], got 1.5"),
+    (lambda r: r["artefacts"][0].update(accuracy="0.9"), "accuracy: expected a number"),
+    (lambda r: r["artefacts"][0].pop("sha256"), "sha256: expected 'sha256:'"),
+    (lambda r: r["artefacts"].append(copy.deepcopy(r["artefacts"][0])), "appears twice"),
+    (lambda r: r.pop("test_set"), "test_set"),
+    (lambda r: r.update(schema=1), "schema is 1, this version reads 2"),
+    (lambda r: r["params"]["train"].update(epochs=2), "params_hash does not match params"),
+    (lambda r: r.update(artefacts={"a": 1}), "artefacts: expected a non-empty list"),
+], ids=["nan", "inf", "out of range", "string", "no hash", "duplicate", "no test set", "old schema",
+        "params edited", "wrong type"])
+def test_a_report_that_breaks_the_schema_is_refused_by_check_and_update(project, change, message):
+    edit_report(project, change)
+    with pytest.raises(PipelineError, match=message):
+        check(project / "report.json", project / "gates.yaml")
+    before = (project / "gates.yaml").read_text()
+    with pytest.raises(PipelineError, match=message):
+        update_gates(project / "report.json", project / "gates.yaml", MARGINS, "test")
+    assert (project / "gates.yaml").read_text() == before
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_report_on_another_test_set_fails(project):
+    other = make_report(PARAMS, tiny_dataset(seed=1), [])
+    edit_report(project, lambda r: r.update(test_set=other["test_set"]))
+    assert problems(project) == [("(report)", "test set", "binding")]
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_report_made_with_other_params_fails_naming_the_keys(project):
+    other = make_report(load_params(ROOT / "params.yaml", ["train.epochs=2", "seed=7"]), tiny_dataset(), [])
+    edit_report(project, lambda r: r.update(params=other["params"], params_hash=other["params_hash"]))
+    assert problems(project) == [("(report)", "params seed", "binding"), ("(report)", "params train.epochs", "binding")]
+
+
+def test_the_data_folder_is_not_part_of_the_binding(project):
+    other = make_report(load_params(ROOT / "params.yaml", ["data.dir=/elsewhere"]), tiny_dataset(), [])
+    edit_report(project, lambda r: r.update(params=other["params"], params_hash=other["params_hash"]))
+    assert problems(project) == []
+
+
+@pytest.mark.bad_input("gates files")
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g["artefacts"]["tflite_out/m.int8.tflite"].update(min_acc=0.5), "unknown gate 'min_acc'; known: min_accuracy"),
+    (lambda g: g["artefacts"]["tflite_out/m.int8.tflite"].update(min_accuracy=math.nan), "expected a finite number"),
+    (lambda g: g.pop("made_with"), "no 'made_with' block"),
+    (lambda g: g.update(artefacts=[]), "non-empty 'artefacts' mapping"),
+], ids=["unknown gate", "nan limit", "no binding", "wrong type"])
+def test_a_bad_gates_file_is_refused(project, edit, message):
+    gates = yaml.safe_load((project / "gates.yaml").read_text())
+    edit(gates)
+    (project / "gates.yaml").write_text(yaml.safe_dump(gates))
+    with pytest.raises(PipelineError, match=message):
+        check(project / "report.json", project / "gates.yaml")
+
+
+@pytest.mark.bad_input("gates files")
+def test_a_gates_file_with_a_duplicate_key_is_refused(project):
+    text = (project / "gates.yaml").read_text()
+    (project / "gates.yaml").write_text(text + "artefacts: {}\n")
+    with pytest.raises(PipelineError, match="duplicate key 'artefacts'"):
+        check(project / "report.json", project / "gates.yaml")
+
+
+def test_missing_gates_file_says_how_to_write_one(project):
     with pytest.raises(PipelineError, match="check --update"):
-        check(tmp_path / "report.json", tmp_path / "none.yaml")
+        check(project / "report.json", project / "none.yaml")
+
+
+def test_update_refuses_a_report_whose_files_changed(project):
+    (project / "tflite_out" / "m.int8.tflite").write_bytes(b"other")
+    with pytest.raises(PipelineError, match="changed since it was validated"):
+        update_gates(project / "report.json", project / "gates.yaml", MARGINS, "test")
+
+
+def test_gates_record_what_they_were_measured_on(project):
+    made_with = yaml.safe_load((project / "gates.yaml").read_text())["made_with"]
+    report = load_report(project / "report.json")
+    assert made_with["test_set"] == report["test_set"] and made_with["params"] == report["params"]
+    assert made_with["params"]["train"]["epochs"] == PARAMS.train.epochs and "dir" not in made_with["params"]["data"]
+
+
+def test_margins_leave_room_for_noise():
+    report = {"artefacts": [{"file": "a", "accuracy": 0.9, "keras_accuracy": 0.91, "size_bytes": 100, "gzip_bytes": 50}]}
+    assert gates_from_report(report, MARGINS) == {"a": {"min_accuracy": 0.89, "max_drop": 0.015, "max_size_bytes": 105,
+                                                        "max_gzip_bytes": 52}}

@@ -1,6 +1,7 @@
 """The smoke config end to end through the CLI, and what users get wrong, as a user would meet it."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -199,3 +200,41 @@ def test_a_path_make_cannot_name_is_refused(tmp_path):
 
     result = CliRunner().invoke(cli, ["paths", "--set", "check.gates=a|b.yaml"])
     assert result.exit_code == 1 and "Make cannot name a file containing '|'" in result.output
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_check_fails_on_a_shipped_file_replaced_after_validation(copy_of_smoke, monkeypatch):
+    monkeypatch.chdir(copy_of_smoke)
+    assert invoke("check", *SMOKE, "--update", "--gates", "g.yaml").exit_code == 0
+    path = copy_of_smoke / "tflite_out" / "smoke.int8.tflite"
+    stat = path.stat()
+    path.write_bytes(os.urandom(stat.st_size))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = invoke("check", *SMOKE, "--gates", "g.yaml")
+    assert result.exit_code == 1
+    assert "tflite_out/smoke.int8.tflite" in result.output and "changed since it was validated" in result.output
+    assert "re-run `mobiledeploy validate --params configs/smoke.yaml`" in result.output
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_check_recompute_rederives_every_accuracy_from_the_files(copy_of_smoke, monkeypatch):
+    monkeypatch.chdir(copy_of_smoke)
+    assert invoke("check", *SMOKE, "--update", "--gates", "g.yaml").exit_code == 0
+    result = invoke("check", *SMOKE, "--gates", "g.yaml", "--recompute")
+    assert result.exit_code == 0 and "every accuracy measured again from the files" in result.output
+    path = copy_of_smoke / "tflite_out" / "smoke.report.json"
+    report = json.loads(path.read_text())
+    claimed = report["artefacts"][0]["accuracy"] = round(report["artefacts"][0]["accuracy"] - 0.2, 5)
+    path.write_text(json.dumps(report))  # a hand-edited report: the plain check cannot tell ...
+    assert "min_accuracy" in invoke("check", *SMOKE, "--gates", "g.yaml").output
+    result = invoke("check", *SMOKE, "--gates", "g.yaml", "--recompute")  # ... --recompute can
+    assert result.exit_code == 1 and "recomputed accuracy" in result.output and f"{claimed:.4f}" in result.output
+    assert "min_accuracy" not in result.output  # the gates judged the measured numbers, which pass
