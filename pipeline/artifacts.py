@@ -111,6 +111,8 @@ def read_json(path: Path) -> Any:
         raise PipelineError(f"{path} not found") from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise PipelineError(f"{path}: cannot read it as JSON ({exc.__class__.__name__})") from None
 
 
 def file_hash(path: Path) -> str:

@@ -77,8 +77,10 @@ def load_gates(path: Path) -> Gates:
     if not isinstance(gates, dict) or not gates:
         raise PipelineError(f"gates file {path}: expected a non-empty 'artefacts' mapping of file -> gates")
     for file, limits in gates.items():
-        if not isinstance(limits, dict):
-            raise PipelineError(f"gates file {path}: {short(file)}: expected a mapping of gate -> limit")
+        if not isinstance(file, str):
+            raise PipelineError(f"gates file {path}: {short(file)}: expected the path of a .tflite file")
+        if not isinstance(limits, dict) or not limits:
+            raise PipelineError(f"gates file {path}: {short(file)}: expected a non-empty mapping of gate -> limit")
         for gate, limit in limits.items():
             if not isinstance(gate, str) or reader(gate) is None:
                 raise PipelineError(f"gates file {path}: {short(file)}: unknown gate {short(gate)}; known: "
@@ -91,6 +93,11 @@ def load_gates(path: Path) -> Gates:
             not isinstance(made_with.get("params"), dict) or not isinstance(made_with.get("test_set"), str):
         raise PipelineError(f"gates file {path}: no 'made_with' block of schema {SCHEMA} (the test set and params "
                             "the limits were measured on); rewrite it on purpose with `mobiledeploy check --update`")
+    try:
+        params_hash(made_with["params"])
+    except (TypeError, ValueError, RecursionError):
+        raise PipelineError(f"gates file {path}: made_with.params is not the params of a report (keys must be "
+                            "names, values plain YAML)") from None
     return Gates(gates, made_with)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 from .artifacts import save_with_record
-from .errors import PipelineError
+from .errors import PipelineError, short
 
 
 MAX_CONFIG_BYTES = 64 << 20  # a model's architecture JSON; its weights are separate and may be larger
@@ -18,6 +19,7 @@ TF_OP_FUNCTIONS = {"reshape", "concat", "stack", "squeeze", "expand_dims", "tran
                    "split", "pad", "tile", "identity", "clip_by_value", "where", "shape", "ones_like",
                    "zeros_like", "broadcast_to", "reduce_mean", "reduce_sum", "reduce_max", "rank", "slice"}
 # class names of Keras 2 built-ins that are not attributes of the public layer/initializer modules
+KERAS_MODULES = ("keras", "tf_keras", "tensorflow_model_optimization")  # where built-in classes live
 KERAS_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda", "Policy",
                  "PruneLowMagnitude"}
 
@@ -39,15 +41,19 @@ def _model_config(path: Path) -> Any:
 
             with h5py.File(path, "r") as f:
                 text = f.attrs.get("model_config")
-                if text is None:
+                if not isinstance(text, (str, bytes)):
                     raise PipelineError(f"{path}: an HDF5 file without a model_config (weights only?); give a "
                                         "whole model saved by model.save")
+                if len(text) > MAX_CONFIG_BYTES:
+                    raise PipelineError(f"{path}: its model_config is {len(text):,} bytes; not a model this "
+                                        "pipeline loads")
         return json.loads(text)
     except PipelineError:
         raise
     except KeyError:
         raise PipelineError(f"{path}: not a Keras model file (no config.json in the archive)") from None
-    except (OSError, ValueError, zipfile.BadZipFile, RecursionError) as exc:
+    except (OSError, ValueError, TypeError, RuntimeError, NotImplementedError, EOFError, zlib.error,
+            zipfile.BadZipFile, RecursionError) as exc:
         raise PipelineError(f"{path}: not a Keras model file ({exc.__class__.__name__})") from None
 
 
@@ -83,7 +89,12 @@ def unsafe_parts(config: Any) -> list[str]:
         if not isinstance(name, str):
             continue
         registered = node.get("registered_name") or ""
-        if name == "Lambda":
+        module = node.get("module")
+        if module is not None and not (isinstance(module, str) and module.split(".")[0] in KERAS_MODULES):
+            found.append(f"class {name!r} from module {short(module)}{layer} (Keras would import it)")
+        elif registered and registered != name:
+            found.append(f"class {name!r} registered as {short(registered)}{layer}")
+        elif name == "Lambda":
             found.append(f"a Lambda layer{layer}: its Python code would run on load")
         elif ">" in name or ">" in registered or not _is_builtin(name):
             found.append(f"custom class {(registered or name)!r}{layer}")

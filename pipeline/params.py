@@ -269,8 +269,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
-    if origin is Literal:
-        return value in typing.get_args(annotation)
+    if origin is Literal:  # by type too: True == 1 and 1.0 == 1 would pass as the choice 1
+        return any(value == a and type(value) is type(a) for a in typing.get_args(annotation))
     if origin is list:
         (item,) = typing.get_args(annotation)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
@@ -279,7 +279,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is type(None):
         return value is None
     if annotation is float:  # finite: an inf learning rate trains a NaN model without a word
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return abs(value) < 1e300
+        return isinstance(value, float) and math.isfinite(value)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, annotation)
@@ -383,6 +385,8 @@ def _parse_yaml(text: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a constructor's refusal: a date like 2001-13-45, !!int abc
+        raise yaml.YAMLError(f"a value YAML cannot read ({clip(str(exc), 80)})") from None
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -398,7 +402,9 @@ def _read_text(path: Path, what: str) -> str:
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ParamsError(f"{what} {name}: cannot read it ({exc.strerror})") from None
+        raise ParamsError(f"{what} {name}: cannot read it ({exc.strerror or exc.__class__.__name__})") from None
+    except ValueError:  # a NUL byte in the path
+        raise ParamsError(f"{what} {name}: not a valid path") from None
     if len(raw) > MAX_FILE_BYTES:
         raise ParamsError(f"{what} {name}: larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
@@ -444,10 +450,11 @@ def param_files(path: str | Path) -> list[Path]:
     chain: list[Path] = []
     current: Path | None = Path(path)
     while current is not None:
-        if current.resolve() in [p.resolve() for p in chain]:
+        layer = _read_yaml(current)  # refuses what is not a readable params file before anything else
+        if os.path.realpath(current) in [os.path.realpath(p) for p in chain]:
             raise ParamsError(f"params: {current}: 'extends' forms a cycle")
         chain.append(current)
-        parent = _read_yaml(current).get("extends")
+        parent = layer.get("extends")
         if parent is not None and not isinstance(parent, str):
             raise ParamsError(f"params: {current}: extends: expected a path, got {short(parent)}")
         current = Path(os.path.normpath(current.parent / parent)) if parent else None

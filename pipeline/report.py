@@ -24,6 +24,7 @@ SCHEMA = 2
 # the data lives: the test-set fingerprint says what it is). Latency settings and studies are left out.
 BOUND = ("name", "seed", "data", "model", "train", "prune", "convert")
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_REPORT_BYTES = 64 << 20
 
 
 def bound_params(params: Params) -> dict[str, Any]:
@@ -74,9 +75,12 @@ def _refuse_constant(name: str) -> None:
 def load_report(path: Path) -> dict:
     """A report read from ``path`` and checked against the schema; PipelineError on the first problem."""
     try:
+        if not path.is_file():
+            raise PipelineError(f"report {path} not found; it is made by `mobiledeploy validate`" if not path.exists()
+                                else f"report {path}: not a regular file")
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise PipelineError(f"report {path}: larger than {MAX_REPORT_BYTES >> 20} MiB; not a report")
         text = path.read_text()
-    except FileNotFoundError:
-        raise PipelineError(f"report {path} not found; it is made by `mobiledeploy validate`") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError(f"report {path}: cannot read it ({exc.__class__.__name__})") from None
     try:
@@ -85,7 +89,10 @@ def load_report(path: Path) -> dict:
         raise PipelineError(f"report {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
     except (ValueError, RecursionError) as exc:
         raise PipelineError(f"report {path}: {clip(str(exc), 100)}") from None
-    problem = schema_problem(report)
+    try:
+        problem = schema_problem(report)
+    except (RecursionError, TypeError, ValueError):
+        problem = "nested too deeply, or holds what JSON cannot hash"
     if problem:
         raise PipelineError(f"report {path} does not match the report schema {SCHEMA}: {problem}; re-run "
                             "`mobiledeploy validate` to write a new one")
@@ -180,7 +187,12 @@ def file_problems(report: dict, root: Path = Path()) -> list[tuple[str, str]]:
         if not path.is_file():
             problems.append((e["file"], "missing"))
             continue
-        if file_hash(path) != e["sha256"]:
+        try:
+            digest = file_hash(path)
+        except OSError as exc:
+            problems.append((e["file"], f"unreadable ({exc.strerror or exc.__class__.__name__})"))
+            continue
+        if digest != e["sha256"]:
             problems.append((e["file"], "changed since it was validated (another sha256)"))
             continue
         try:

@@ -190,3 +190,23 @@ def test_margins_leave_room_for_noise():
     report = {"artefacts": [{"file": "a", "accuracy": 0.9, "keras_accuracy": 0.91, "size_bytes": 100, "gzip_bytes": 50}]}
     assert gates_from_report(report, MARGINS) == {"a": {"min_accuracy": 0.89, "max_drop": 0.015, "max_size_bytes": 105,
                                                         "max_gzip_bytes": 52}}
+
+
+@pytest.mark.parametrize("config", [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_each_committed_gates_file_was_made_with_its_configs_current_params(config):
+    from pipeline.report import bound_params
+
+    params = load_params(config)
+    gates = ROOT / params.check.gates
+    if not gates.is_file():
+        pytest.skip(f"{config.name} has no committed gates file")
+    # a params edit that changes what is shipped must come with gates rewritten on purpose
+    assert load_gates(gates).made_with["params"] == bound_params(params)
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_report_that_is_not_a_regular_file_is_refused(project):
+    (project / "dev.json").symlink_to("/dev/zero")
+    with pytest.raises(PipelineError, match="not a regular file"):
+        check(project / "dev.json", project / "gates.yaml")

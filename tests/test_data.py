@@ -136,7 +136,7 @@ def test_bad_image_folders_are_refused(tmp_path, damage, message):
 @pytest.mark.bad_input("image folders")
 def test_a_single_class_folder_is_refused(tmp_path):
     root = write_folder(tmp_path / "imgs", classes=("only",))
-    with pytest.raises(PipelineError, match="at least 2"):
+    with pytest.raises(PipelineError, match="a classifier here has 2 to 256"):
         load_dataset(DataParams(source="folder", dir=str(root)), seed=0)
 
 
@@ -187,3 +187,10 @@ def test_a_limit_that_leaves_a_class_out_of_a_split_is_refused(tmp_path):
     write_fashion(tmp_path / "d", n_train=100)
     with pytest.raises(PipelineError, match="test example.*data.limit_test"):
         load_dataset(DataParams(dir=str(tmp_path / "d"), limit_test=10), seed=0)
+
+
+@pytest.mark.bad_input("image folders")
+def test_images_too_small_to_set_the_input_size_are_refused(tmp_path):
+    root = write_folder(tmp_path / "imgs", size=(4, 4))
+    with pytest.raises(PipelineError, match="4x4 pixels; without data.image_size"):
+        load_dataset(folder_params(root), seed=0)

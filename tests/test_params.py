@@ -127,10 +127,11 @@ LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ("train: {epochs: !!python/object/apply:os.system [id]}\n", "could not determine a constructor"),
     ("1: 2\n", "keys must be names"),
+    ("name: 2001-13-45\n", "a value YAML cannot read (month must be in 1..12)"),
     ("train: {learning_rate: .inf}\n", "train.learning_rate: must be a finite number, got inf"),
     ("train: {learning_rate: .nan}\n", "train.learning_rate: must be a finite number, got nan"),
     ("train: {task_weights: {top_left: .inf}}\ndata: {source: multifashion}\n", "task_weights.top_left: must be finite"),
-], ids=["billion laughs", "duplicate section", "duplicate key", "deep nesting", "python tag", "integer key",
+], ids=["billion laughs", "duplicate section", "duplicate key", "deep nesting", "python tag", "integer key", "bad date",
         "inf", "nan", "inf in a mapping"])
 def test_hostile_yaml_is_refused_in_one_short_line(tmp_path, text, message):
     with pytest.raises(ParamsError) as info:
@@ -183,8 +184,13 @@ def test_extends_to_a_system_file_never_quotes_it(tmp_path):
     ("name=" + "服" * 90, r"name: must be 1 to 64 ASCII"),
     ("name=" + "a" * 65, r"name: must be 1 to 64 ASCII"),
     ("train=&a [*a]", r"aliases"),
+    ("seed=!!int abc", r"seed: expected int, got '!!int abc'"),
+    ("train.learning_rate=" + "9" * 400, r"train\.learning_rate: expected float"),
+    ("data.channels=true", r"data\.channels: expected one of 1, 3"),
+    ("data.channels=1.0", r"data\.channels: expected one of 1, 3"),
 ], ids=["negative seed", "huge seed", "epochs 1e20", "huge epochs", "huge width", "huge depth", "threads",
-        "frequency", "CJK name", "long name", "alias in --set"])
+        "frequency", "CJK name", "long name", "alias in --set", "bad int tag", "int too big for a float",
+        "bool as a choice", "float as a choice"])
 def test_absurd_numbers_are_refused_with_the_range(override, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", [override])
@@ -198,3 +204,12 @@ def test_every_numeric_key_has_a_documented_range():
             continue
         if accepts.startswith(("int", "float")) or "of int" in accepts or "mapping, each" in accepts:
             assert " in [" in accepts or " in (" in accepts, key
+
+
+@pytest.mark.bad_input("params files")
+def test_a_path_with_a_nul_byte_or_a_symlink_loop_is_refused(tmp_path):
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    with pytest.raises(ParamsError, match="loop.yaml: not found"):
+        load_params(write(tmp_path, "extends: loop.yaml\n"))
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(write(tmp_path, 'extends: "x\\0.yaml"\n'))

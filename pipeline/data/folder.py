@@ -12,14 +12,18 @@ from ..params import DataParams
 # What an image file starts with, by format: files are judged by their bytes, not their names.
 SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",),
               "GIF": (b"GIF87a", b"GIF89a"), "TIFF": (b"II*\x00", b"MM\x00*"), "WEBP": (b"RIFF",)}
+MAX_CLASSES = 256  # labels are stored as uint8
 MAX_PIXELS = 50_000_000  # per image, checked before decoding: a larger one is refused (a decompression bomb)
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes whose samples run to 65535
 
 
 def sniff(path: Path) -> str | None:
     """The image format ``path``'s first bytes announce, or None."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read it ({exc.strerror or exc.__class__.__name__})") from None
     for fmt, magics in SIGNATURES.items():
         if any(head.startswith(m) for m in magics) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
             return fmt
@@ -72,9 +76,9 @@ def scan(root: Path) -> dict[str, list[Path]]:
         if not files:
             raise PipelineError(f"{sub}: class folder holds no images")
         classes[sub.name] = files
-    if len(classes) < 2:
-        raise PipelineError(f"{root}: found {len(classes)} class folder(s); a classifier needs at least 2 "
-                            "(one subfolder per class)")
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        raise PipelineError(f"{root}: found {len(classes)} class folder(s); a classifier here has 2 to "
+                            f"{MAX_CLASSES} (one subfolder per class)")
     return classes
 
 
@@ -98,8 +102,11 @@ def load_folder(params: DataParams, seed: int):
     images = []
     for path in files:
         image = _read_image(path, size, params.channels)
-        if size is None:
-            size = image.shape[:2]  # the first image sets the size for the rest
+        if size is None:  # the first image sets the size for the rest, within data.image_size's range
+            size = image.shape[:2]
+            if not all(8 <= side <= 4096 for side in size):
+                raise PipelineError(f"{path}: {size[1]}x{size[0]} pixels; without data.image_size the first image "
+                                    "sets the input size, and each side must be 8 to 4096: set data.image_size")
         images.append(image)
     x = np.stack(images)
     return x[train_idx], y_train, x[test_idx], y_test, list(classes), f"folder ({root})"
