@@ -117,7 +117,7 @@ class TrainParams:
     def validate(self) -> None:
         for task, weight in self.task_weights.items():
             _check(isinstance(weight, (int, float)) and not isinstance(weight, bool),
-                   f"train.task_weights.{short(task, 40)}", f"must be a number, got {short(weight)}")
+                   f"train.task_weights.{clip(str(task), 40)}", f"must be a number, got {short(weight)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,7 @@ class StructuredParams:
     def validate(self) -> None:
         for layer, share in self.layer_fractions.items():
             _check(isinstance(share, (int, float)) and not isinstance(share, bool),
-                   f"structured.layer_fractions.{short(layer, 40)}", f"must be a number, got {short(share)}")
+                   f"structured.layer_fractions.{clip(str(layer), 40)}", f"must be a number, got {short(share)}")
         _check(not self.layer_fractions or self.scope == "layer", "structured.layer_fractions",
                f"needs scope: layer (scope is {self.scope})")
         _check(self.channel_multiple == 1 or self.scope == "layer", "structured.channel_multiple",
