@@ -13,7 +13,7 @@ BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare pictures \
-        samples test bad-input-table data debian-dataset clean help
+        samples test test-fast bad-input-table data debian-dataset clean help
 .DELETE_ON_ERROR:
 
 all: check
@@ -21,7 +21,7 @@ all: check
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "targets: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare"
-	@echo "         pictures samples test data clean"
+	@echo "         pictures samples test test-fast bad-input-table data clean"
 
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -103,8 +103,12 @@ samples: $(VENV_STAMP) | data
 pictures: $(TRAINED)
 	$(CLI) pictures $(ARGS)
 
+# The whole suite on both cores (pytest-xdist); test-fast: the unit tier only (no stage runs, no real training).
 test: $(VENV_STAMP) data
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
+
+test-fast: $(VENV_STAMP) data
+	$(PY) -m pytest -n 2 -m "not e2e"
 
 # Run the test suite and put its bad-input table (.build/bad_input.md) into README.md between the markers.
 bad-input-table: test

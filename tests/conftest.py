@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,42 @@ def tiny_dataset(n: int = 240, size: int = 12, classes: int = 3, seed: int = 0) 
                    fingerprint=fingerprint(x, y))
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m pipeline ...` in ``cwd`` as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+def run_cli(*args: str, cwd: Path, check: bool = True, own_process: bool = False) -> subprocess.CompletedProcess:
+    """Run ``mobiledeploy ...`` in ``cwd`` as a user would: in this process through click's test runner
+    (a TensorFlow import costs ~10 s per process), or with ``own_process`` as `python -m pipeline` in a
+    process of its own, for what needs one (signals, exit codes of the interpreter, a fresh import)."""
+    if own_process:
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+    else:
+        from click.testing import CliRunner
+
+        from pipeline.cli import cli
+
+        here = os.getcwd()
+        os.chdir(cwd)
+        try:
+            result = CliRunner().invoke(cli, list(args), prog_name="mobiledeploy")
+        finally:
+            os.chdir(here)
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(result.exception))  # as the interpreter would print it
+        proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 def new_project(tmp: Path) -> Path:
-    """A fresh project folder holding the committed params and configs."""
+    """A fresh project folder holding the committed params and configs. Its ``.cache`` (composed
+    MultiFashion arrays, keyed by source data, seed and recipe) is the repository's, so the composition
+    is paid once, not in every test."""
     shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
     shutil.copytree(ROOT / "configs", tmp / "configs")
     (tmp / "gates").mkdir()
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    (tmp / ".cache").symlink_to(ROOT / ".cache", target_is_directory=True)
     return tmp
 
 
@@ -83,16 +106,41 @@ BAD_INPUT: dict[str, dict[str, int]] = {}
 BAD_INPUT_TABLE = ROOT / ".build" / "bad_input.md"
 
 
+# The end-to-end tier: tests on a trained smoke project, and those marked e2e (whole stages, several
+# trainings or conversions). `make test-fast` runs the rest, the unit tier.
+E2E_FIXTURES = {"smoke_project", "copy_of_smoke", "uninterrupted"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+IN_WORKER = False  # under pytest-xdist, workers run the tests and the controller writes the table
+
+
+def pytest_configure(config):
+    global IN_WORKER
+    IN_WORKER = hasattr(config, "workerinput")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Label the report of a bad-input test with its class; the label travels with the report."""
     outcome = yield
     report = outcome.get_result()
     marker = item.get_closest_marker("bad_input")
-    if marker is None or report.when != "call":
+    if marker is not None and report.when == "call":
+        report.user_properties.append(("bad_input", marker.args[0]))
+
+
+def pytest_runtest_logreport(report):
+    properties = dict(report.user_properties)
+    if IN_WORKER or report.when != "call" or "bad_input" not in properties:
         return
-    properties = dict(item.user_properties)
     cases, loaded = properties.get("cases", 1), properties.get("loaded", 0)  # loaded: valid after all
-    row = BAD_INPUT.setdefault(marker.args[0], {"cases": 0, "refused": 0, "loaded": 0, "failed": 0})
+    row = BAD_INPUT.setdefault(properties["bad_input"], {"cases": 0, "refused": 0, "loaded": 0, "failed": 0})
     row["cases"] += cases
     if report.passed:
         row["refused"] += cases - loaded
@@ -103,7 +151,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_sessionfinish(session):
     """Write the table the README quotes (`make bad-input-table`): class of bad input, cases, outcome."""
-    if not BAD_INPUT:
+    if IN_WORKER or not BAD_INPUT:
         return
     lines = ["| bad input | cases tried | refused cleanly | valid after all (loaded) | not handled |",
              "|---|---:|---:|---:|---:|"]
@@ -117,5 +165,5 @@ def pytest_sessionfinish(session):
 def copy_of_smoke(smoke_project, tmp_path):
     """A private copy of the smoke project, for tests that add or break files."""
     project = tmp_path / "p"
-    shutil.copytree(smoke_project, project)
+    shutil.copytree(smoke_project, project, symlinks=True)
     return project

@@ -111,6 +111,7 @@ def test_every_architecture_builds_for_odd_and_even_inputs_and_round_trips(name,
 DATA = tiny_dataset(n=180)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", architectures.names())
 def test_every_architecture_prunes_and_converts_to_full_integer(name, tmp_path):
     seed_everything(0)  # the same weights whatever ran before: agreement on a barely trained model is fragile
@@ -139,6 +140,7 @@ def test_models_are_keras_2_models_that_tf_keras_and_tfmot_accept():
     assert tf.keras.Model is tf_keras.Model
 
 
+@pytest.mark.e2e
 def test_keras_3_loaded_before_the_pipeline_is_refused():
     import os
     import subprocess

@@ -74,6 +74,7 @@ def test_check_passes_on_the_real_report_and_fails_on_an_injected_regression(smo
     assert "min_accuracy" in proc.stderr and worse["artefacts"][0]["file"] in proc.stderr
 
 
+@pytest.mark.e2e
 def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
     from test_data import write_folder
 
@@ -101,8 +102,9 @@ def test_missing_upstream_artefact_names_the_command_that_makes_it(tmp_path):
 @pytest.mark.bad_input("params")
 def test_bad_params_stop_before_any_work(tmp_path):
     project = new_project(tmp_path)
-    fails_cleanly(run_cli("train", *SMOKE, "--set", "prune.final_sparsity=1.5", cwd=project, check=False),
-                  "prune.final_sparsity")
+    # in a process of its own: the installed entry point, its exit status and stderr, as a shell sees them
+    fails_cleanly(run_cli("train", *SMOKE, "--set", "prune.final_sparsity=1.5", cwd=project, check=False,
+                          own_process=True), "prune.final_sparsity")
     assert not (project / "models").exists()
 
 

@@ -116,6 +116,7 @@ def fit(trainer, data, epochs):
     trainer.fit(data.x_train.astype("float32"), data.labels(data.y_train), epochs=epochs, batch_size=32, verbose=0)
 
 
+@pytest.mark.e2e
 def test_a_large_soft_sharing_penalty_pulls_the_towers_together():
     data = multi_data()
     distance = {}
@@ -139,6 +140,7 @@ def test_uncertainty_weights_are_learned_and_stay_out_of_the_deployed_model(tmp_
     assert len(blob) < 4 * model.count_params() + 20_000  # nothing beyond the model's own weights
 
 
+@pytest.mark.e2e
 def test_multi_output_model_prunes_and_converts_keeping_task_names(tmp_path):
     data = multi_data()
     keras.utils.set_random_seed(0)
@@ -156,6 +158,7 @@ def test_multi_output_model_prunes_and_converts_keeping_task_names(tmp_path):
         assert np.mean(predictions[task] == keras_labels[task]) >= 0.9
 
 
+@pytest.mark.e2e
 def test_structured_rounds_on_a_multi_task_model_track_each_task_and_keep_both_heads():
     from pipeline.params import StructuredParams
     from pipeline.shrink import history_markdown
@@ -196,6 +199,7 @@ MULTI = ("--params", "configs/multifashion.yaml", "--set", "model.architecture=t
          "--set", "validate.latency_runs=200")
 
 
+@pytest.mark.e2e
 def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(tmp_path):
     project = new_project(tmp_path)
     for stage in ("train", "prune", "convert", "validate"):
@@ -215,6 +219,7 @@ def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(t
         assert (project / "tflite_out" / "pictures" / f"multifashion.{kind}.png").is_file()
 
 
+@pytest.mark.e2e
 def test_mtl_compare_trains_every_variant_and_sums_the_single_task_models(tmp_path):
     project = new_project(tmp_path)
     run_cli("mtl-compare", *MULTI, "--set", "train.epochs=1", cwd=project)

@@ -145,6 +145,7 @@ def trained(name="plain_cnn"):
     return model
 
 
+@pytest.mark.e2e
 def test_sensitivity_reports_each_layer_at_each_ratio_without_retraining():
     from pipeline.structured import sensitivity
 
@@ -161,6 +162,7 @@ def structured_params(**kw):
     return StructuredParams(**{"finetune_epochs": 1, "batch_size": 32, **kw})
 
 
+@pytest.mark.e2e
 def test_the_accuracy_budget_stops_the_rounds_and_the_kept_model_is_within_it():
     from pipeline.params import TrainParams
     from pipeline.structured import iterate, val_accuracy
@@ -184,6 +186,7 @@ def test_on_a_multi_task_model_one_task_may_not_pay_for_the_other():
     assert within_budget({"val_tasks": {"label": 0.9}}, {"val_tasks": {"label": 0.89}}, 0.0101)
 
 
+@pytest.mark.e2e
 def test_the_rounds_stop_once_the_target_is_reached():
     from pipeline.params import TrainParams
     from pipeline.structured import iterate
@@ -198,7 +201,9 @@ def test_the_rounds_stop_once_the_target_is_reached():
 def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_of_smoke):
     from conftest import SMOKE, run_cli
 
-    shrink = ("--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
+    # fine-tuning on 1,500 of the smoke model's 5,000 training images: this test is about the plumbing
+    shrink = ("--set", "data.limit_train=1500", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
+              "--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
               "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
               "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
     run_cli("shrink", *SMOKE, *shrink, cwd=copy_of_smoke)
@@ -210,7 +215,7 @@ def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_o
     run_cli("sensitivity", *SMOKE, cwd=copy_of_smoke)
     assert "| stage2_conv | 8 |" in (copy_of_smoke / "tflite_out" / "smoke.sensitivity.md").read_text()
     for stage in ("prune", "convert", "validate"):  # structured removal, then TF-MOT on the narrower model
-        run_cli(stage, *SMOKE, "--model", str(shrunk), cwd=copy_of_smoke)
+        run_cli(stage, *SMOKE, *shrink, "--model", str(shrunk), cwd=copy_of_smoke)
     report = json.loads((copy_of_smoke / "tflite_out" / "smoke.shrunk.report.json").read_text())
     assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
     assert (copy_of_smoke / "models" / "smoke.shrunk.pruned.keras").is_file()

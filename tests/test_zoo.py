@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from PIL import Image
 
 from conftest import SMOKE, fails_cleanly, new_project, run_cli, snapshot
@@ -10,6 +12,7 @@ from conftest import SMOKE, fails_cleanly, new_project, run_cli, snapshot
 VARIANTS = ["tiny", "plain_cnn_strided"]
 
 
+@pytest.mark.e2e
 def test_zoo_trains_every_variant_on_one_budget_and_writes_table_and_plot(tmp_path):
     project = new_project(tmp_path)
     args = ("zoo", *SMOKE, "--set", f"zoo.variants=[{', '.join(VARIANTS)}]", "--set", "train.epochs=2")
