@@ -86,6 +86,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, final)
+    except OSError as exc:  # a full disk (ENOSPC), a quota, a folder made read-only meanwhile
+        raise PipelineError(f"cannot write {final}: {exc.strerror or exc}; {final.name} is unchanged") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -176,18 +178,21 @@ def reuse_if_current(path: Path, planned: dict[str, Any]) -> bool:
     current = bool(record) and record.get("key") == planned["key"] and \
         record.get("artefact", {}).get("hash") == file_hash(path)
     if current:
-        os.utime(path)
+        with contextlib.suppress(OSError):  # a read-only folder: current all the same, Make may ask again
+            os.utime(path)
     return current
 
 
 def save_with_record(path: Path, save: Callable[[Path], None], record: dict[str, Any]) -> None:
     """Write an artefact through ``save(tmp_path)`` and its record, each atomically.
 
-    The record goes last, so a record always describes the artefact beside it.
+    The record is written before the artefact takes its final name, so an artefact is never without
+    its record (a full disk fails the record first, and the artefact then stays as it was); a record
+    whose artefact did not follow no longer matches its hash, so the stage is redone.
     """
     with atomic_path(path) as tmp:
         save(tmp)
-    write_json(record_path(path), {**record, "artefact": {"path": str(path), "hash": file_hash(path)}})
+        write_json(record_path(path), {**record, "artefact": {"path": str(path), "hash": file_hash(tmp)}})
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -13,8 +14,15 @@ from .errors import PipelineError, short
 from .params import load_params, param_files
 
 
+# Commands that only read the project: they run beside a stage without taking its lock.
+READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
+
+
 def stage_options(fn):
-    """--params, --set and --debug for every command; errors become one line and exit status 1."""
+    """--params, --set and --debug for every command; errors become one line and exit status 1.
+
+    Every command runs inside the stage runner (:mod:`pipeline.runner`): SIGTERM unwinds like Ctrl-C,
+    and a command that writes into the project holds the project folder's lock."""
 
     @click.option("--params", "params_file", default="params.yaml", show_default=True,
                   type=click.Path(dir_okay=False), help="Params file; a config may `extends:` another.")
@@ -23,14 +31,23 @@ def stage_options(fn):
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
     @functools.wraps(fn)
     def wrapper(params_file, overrides, debug, **kwargs):
+        from .runner import Terminated, project_lock, sigterm_as_interrupt, sweep_leftovers
+
         try:
-            params = load_params(params_file, overrides)
-            return fn(params=params, params_file=params_file, overrides=overrides, **kwargs)
+            with sigterm_as_interrupt():
+                params = load_params(params_file, overrides)
+                lock = contextlib.nullcontext() if fn.__name__ in READ_ONLY else project_lock()
+                with lock:
+                    sweep_leftovers()
+                    return fn(params=params, params_file=params_file, overrides=overrides, **kwargs)
         except PipelineError as exc:
             if debug:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except Terminated:
+            click.echo("terminated (SIGTERM): artefacts written before this stage are unchanged", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("interrupted: artefacts written before this stage are unchanged", err=True)
             sys.exit(130)

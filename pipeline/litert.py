@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PipelineError
+from .runner import child_tempdir, die_with_parent
 
 
 def _interpreter(path: str, threads: int):
@@ -51,8 +51,13 @@ def _signature_names(interp) -> dict[int, str]:
     return {detail["index"]: name for name, detail in runner.get_output_details().items()}
 
 
-def predict(path: str, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Class predictions for every output of the model, batched; output name -> labels."""
+class NotAClassifier(ValueError):
+    """The model's outputs are not one score per class for each image."""
+
+
+def predict(path: str, x: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Class predictions for every output of the model, batched: (output name -> labels, output name ->
+    number of classes). Raises NotAClassifier for an output that is not (batch, classes)."""
     interp = _interpreter(path, 0)
     (inp,) = interp.get_input_details()
     if tuple(inp["shape"][1:]) != x.shape[1:]:
@@ -64,6 +69,12 @@ def predict(path: str, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     inp = interp.get_input_details()[0]
     outputs = interp.get_output_details()
     names = _signature_names(interp)
+    for o in outputs:
+        if len(o["shape"]) != 2:
+            per_image = tuple(int(d) for d in o["shape"][1:])
+            raise NotAClassifier(f"output {names.get(o['index'], o['name'])!r} gives {per_image} values per image; "
+                                 "a classifier gives one score per class")
+    widths = {names.get(o["index"], o["name"]): int(o["shape"][1]) for o in outputs}
     labels: dict[str, list[np.ndarray]] = {names.get(o["index"], o["name"]): [] for o in outputs}
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
@@ -74,7 +85,7 @@ def predict(path: str, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         for o in outputs:
             scores = _dequantize(interp.get_tensor(o["index"]), o)[: len(chunk)]
             labels[names.get(o["index"], o["name"])].append(np.argmax(scores, axis=-1))
-    return {name: np.concatenate(parts) for name, parts in labels.items()}
+    return {name: np.concatenate(parts) for name, parts in labels.items()}, widths
 
 
 def latency(path: str, image: np.ndarray, threads: int, warmup: int, runs: int) -> dict[str, float]:
@@ -96,15 +107,17 @@ def latency(path: str, image: np.ndarray, threads: int, warmup: int, runs: int) 
 
 
 def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], warmup: int, runs: int,
-             timeout: float = 1800) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
-    """Predictions and latencies for one .tflite, computed in a child process."""
-    with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
+             timeout: float = 1800, num_classes: int | None = None
+             ) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+    """Predictions and latencies for one .tflite, computed in a child process. With ``num_classes``,
+    a file whose outputs predict another number of classes is refused."""
+    with child_tempdir() as tmp:
         np.save(Path(tmp) / "x.npy", x)
         job = {"model": str(path), "x": str(Path(tmp) / "x.npy"), "out": str(Path(tmp) / "labels.npz"),
                "batch_size": batch_size, "threads": threads, "warmup": warmup, "runs": runs}
         try:
             proc = subprocess.run([sys.executable, "-m", "pipeline.litert", json.dumps(job)],
-                                  capture_output=True, text=True, timeout=timeout)
+                                  capture_output=True, text=True, timeout=timeout, preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:
             raise PipelineError(f"{path}: LiteRT did not finish within {timeout:.0f}s") from None
         if proc.returncode < 0:
@@ -115,20 +128,27 @@ def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], war
             raise PipelineError(f"{path}: {lines[-1] if lines else 'LiteRT failed'}")
         with np.load(job["out"]) as labels:
             predictions = {name: labels[name] for name in labels.files}
-        return predictions, json.loads(proc.stdout.strip().splitlines()[-1])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        for name, width in result["classes"].items():
+            if num_classes is not None and width != num_classes:
+                raise PipelineError(f"{path}: output {name!r} predicts {width} classes, the data has {num_classes}")
+        return predictions, result["latencies"]
 
 
 def _child(job: dict) -> None:
     x = np.load(job["x"])
     try:
-        predictions = predict(job["model"], x, job["batch_size"])
+        predictions, classes = predict(job["model"], x, job["batch_size"])
         latencies = [latency(job["model"], x[0], t, job["warmup"], job["runs"]) for t in job["threads"]]
+    except NotAClassifier as exc:
+        print(f"not a classifier: {exc}", file=sys.stderr)
+        raise SystemExit(1)
     except ValueError as exc:  # LiteRT reports unloadable models and shape mismatches as ValueError
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot load"
         print(f"cannot run in LiteRT: {message}", file=sys.stderr)
         raise SystemExit(1)
     np.savez(job["out"], **predictions)
-    print(json.dumps(latencies))
+    print(json.dumps({"latencies": latencies, "classes": classes}))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def measure(path: Path, params: Params, data: Dataset, parents: KerasParents, la
     model, fmt = parse_name(path)
     v = params.validate
     threads = v.threads if latency else []
-    predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, threads, v.warmup_runs, v.latency_runs)
+    predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, threads, v.warmup_runs, v.latency_runs,
+                                             num_classes=data.num_classes)
     heads = data.tasks or ("label",)
     if sorted(predictions) != sorted(heads) and not (len(heads) == 1 and len(predictions) == 1):
         raise PipelineError(f"{path}: outputs {', '.join(sorted(predictions))} do not match the data's "

@@ -1,0 +1,138 @@
+"""The stage runner: one run per project folder, SIGTERM like Ctrl-C, children that die with their
+parent, a full disk that damages nothing, and validate's refusal of files that are not classifiers."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SMOKE, fails_cleanly, new_project, run_cli, snapshot
+from pipeline import architectures
+from pipeline.convert import to_tflite
+from pipeline.runner import CHILD_PREFIX, project_lock, sweep_leftovers
+from pipeline.tf import keras
+
+HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.runner import project_lock\n" \
+            "with project_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"
+
+
+@pytest.mark.bad_input("concurrent runs")
+def test_a_second_run_in_the_same_project_stops_naming_the_first(tmp_path):
+    project = new_project(tmp_path)
+    with project_lock(project):
+        fails_cleanly(run_cli("train", *SMOKE, cwd=project, check=False),
+                      f"another mobiledeploy run (PID {os.getpid()}) is working in this project folder")
+    assert not (project / "models").exists()
+
+
+def test_the_lock_of_a_killed_run_is_released_by_the_kernel(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with project_lock(tmp_path):  # no stale lock to remove by hand
+        pass
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_validate_takes_its_litert_child_with_it_and_the_next_run_sweeps_its_folder(copy_of_smoke):
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "validate", *SMOKE, "--set",
+                             "validate.latency_runs=1000000"], cwd=copy_of_smoke, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while not (children := children_of(proc.pid)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert children, "validate never started its LiteRT child"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{c}").exists() for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
+                   for c in children), "the LiteRT child outlived its parent"
+    sweep_leftovers()  # what the next run does first (another test's run may have done it already)
+    assert not list(Path(tempfile.gettempdir()).glob(f"{CHILD_PREFIX}{proc.pid}-*"))
+
+
+def test_the_sweep_removes_the_folders_of_dead_runs_only():
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = Path(tempfile.mkdtemp(prefix=f"{CHILD_PREFIX}{finished.stdout.strip()}-"))
+    alive = Path(tempfile.mkdtemp(prefix=f"{CHILD_PREFIX}{os.getpid()}-"))
+    try:
+        sweep_leftovers()
+        assert not dead.exists() and alive.exists()
+    finally:
+        alive.rmdir()
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_a_stage_like_ctrl_c_with_exit_143(tmp_path):
+    project = new_project(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *SMOKE, "--set", "train.epochs=50"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output
+    assert "terminated (SIGTERM)" in output and "Traceback" not in output
+    assert not (project / "models" / "smoke.keras").exists()
+    assert not [p for p in (project / "models").rglob("*") if p.is_file() and ".tmp" in p.name]
+
+
+@pytest.mark.bad_input("the disk")
+@pytest.mark.parametrize("failing", [".tmp.tflite", ".tmp.json"], ids=["artefact", "its record"])
+def test_a_full_disk_gives_one_line_and_leaves_every_artefact_with_its_record(copy_of_smoke, monkeypatch, failing):
+    write_bytes = Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name.endswith(failing):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    before = snapshot(copy_of_smoke)
+    fails_cleanly(run_cli("convert", *SMOKE, "--set", "convert.representative_samples=99", cwd=copy_of_smoke,
+                          check=False), "cannot write tflite_out/smoke", "No space left on device", "is unchanged")
+    after = snapshot(copy_of_smoke)
+    assert {k: v for k, v in after.items() if k != ".mobiledeploy.lock"} == \
+        {k: v for k, v in before.items() if k != ".mobiledeploy.lock"}
+
+
+def spatial_model():
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, keras.layers.Conv2D(10, 1, activation="softmax")(inputs))
+
+
+@pytest.mark.bad_input(".tflite files")
+@pytest.mark.parametrize("model, message", [
+    (lambda: architectures.build("tiny", (28, 28, 1), 5), "output 'predictions' predicts 5 classes, the data has 10"),
+    (spatial_model, "gives (28, 28, 10) values per image; a classifier gives one score per class"),
+], ids=["5 classes on 10-class data", "spatial output"])
+def test_validate_refuses_a_file_that_does_not_fit_the_data(copy_of_smoke, model, message):
+    (copy_of_smoke / "tflite_out" / "smoke.float32.tflite").write_bytes(to_tflite(model(), "float32"))
+    before = snapshot(copy_of_smoke)
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "smoke.float32.tflite", message)
+    assert snapshot(copy_of_smoke) == before
