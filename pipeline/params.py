@@ -1,5 +1,9 @@
 """Typed, frozen parameters loaded from ``params.yaml``, a config overlay and ``--set`` overrides.
 
+``params.yaml`` is the documentation and the truth for every default; the dataclass defaults below
+mirror it, so that library calls and the command line start from the same values (a test keeps the
+two equal).
+
 A config file may start with ``extends: <path>`` (relative to itself) to overlay a base file; the
 result is checked as a whole before any work starts. Unknown keys, wrong types and impossible values
 raise :class:`ParamsError` naming the key and what it accepts. This module does not import TensorFlow,
@@ -124,12 +128,12 @@ class TrainParams:
 class PruneParams:
     schedule: Literal["polynomial_decay", "constant_sparsity"] = "polynomial_decay"
     initial_sparsity: float = bounded(0.0, 0, 1, open_high=True)
-    final_sparsity: float = bounded(0.8, 0, 1, open_high=True)
-    epochs: int = bounded(4, 1, 1000)
+    final_sparsity: float = bounded(0.81, 0, 1, open_high=True)
+    epochs: int = bounded(12, 1, 1000)
     begin_epoch: int = bounded(0, 0, 1000)
-    end_epoch: int = bounded(3, 1, 1000)
+    end_epoch: int = bounded(4, 1, 1000)
     frequency: int = bounded(100, 1, 100_000)
-    min_weights: int = bounded(0, 0, 10**9)
+    min_weights: int = bounded(10000, 0, 10**9)
     batch_size: int = bounded(128, 1, 8192)
     learning_rate: float = bounded(5e-4, 0, 10, open_low=True)
     sparsity_m_by_n: Optional[list[int]] = None  # exactly [2, 4] or null (validate)
@@ -151,15 +155,15 @@ class PruneParams:
 class StructuredParams:
     criterion: Literal["l1", "l2", "mean_activation", "apoz", "taylor"] = "l1"
     scope: Literal["layer", "global"] = "layer"
-    fraction: float = bounded(0.2, 0, 1, open_low=True, open_high=True)
+    fraction: float = bounded(0.25, 0, 1, open_low=True, open_high=True)
     layer_fractions: dict[str, Any] = bounded(None, 0, 1, open_high=True, factory=dict)
-    channel_multiple: int = bounded(1, 1, 256)
+    channel_multiple: int = bounded(16, 1, 256)
     max_rounds: int = bounded(6, 1, 100)
-    finetune_epochs: int = bounded(2, 1, 1000)
+    finetune_epochs: int = bounded(4, 1, 1000)
     batch_size: int = bounded(128, 1, 8192)
     learning_rate: float = bounded(5e-4, 0, 10, open_low=True)
     accuracy_budget: float = bounded(0.01, 0, 1, open_high=True)
-    target: Literal["macs", "params", "latency"] = "macs"
+    target: Literal["macs", "params", "latency"] = "latency"
     target_ratio: float = bounded(0.5, 0, 1, open_low=True)
 
     def validate(self) -> None:
@@ -198,15 +202,16 @@ class ValidateParams:
 @dataclasses.dataclass(frozen=True)
 class CheckParams:
     gates: str = "gates/default.yaml"
-    accuracy_margin: float = bounded(0.01, 0, 1, open_high=True)
-    drop_margin: float = bounded(0.005, 0, 1, open_high=True)
+    accuracy_margin: float = bounded(0.005, 0, 1, open_high=True)
+    drop_margin: float = bounded(0.003, 0, 1, open_high=True)
     size_margin: float = bounded(0.05, 0, 1, open_high=True)
 
 
 
 @dataclasses.dataclass(frozen=True)
 class ZooParams:
-    variants: list[str] = dataclasses.field(default_factory=lambda: ["small_cnn"])
+    variants: list[str] = dataclasses.field(default_factory=lambda: [
+        "small_cnn", "plain_cnn", "plain_cnn_avg", "plain_cnn_strided", "bottleneck_cnn", "mobile_cnn", "inverted_cnn"])
 
     def validate(self) -> None:
         from .architectures import names

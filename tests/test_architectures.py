@@ -118,7 +118,8 @@ def test_every_architecture_prunes_and_converts_to_full_integer(name, tmp_path):
     model = architectures.build(name, DATA.input_shape, DATA.num_classes, width=8)
     compile_for_training(model, 3e-3)
     model.fit(DATA.x_train.astype("float32"), DATA.y_train, epochs=3, batch_size=32, verbose=0)
-    p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32)
+    p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
+                    min_weights=0)
     _, stripped, _ = prune_model(model, DATA, p, seed=0)
     pruned = [c for c in model_costs(stripped) if c.kind in ("Conv2D", "Dense") and c.prunable > 20]
     assert pruned and all(c.zeros / c.prunable == pytest.approx(0.5, abs=0.06) for c in pruned)

@@ -213,3 +213,10 @@ def test_a_path_with_a_nul_byte_or_a_symlink_loop_is_refused(tmp_path):
         load_params(write(tmp_path, "extends: loop.yaml\n"))
     with pytest.raises(ParamsError, match="not found"):
         load_params(write(tmp_path, 'extends: "x\\0.yaml"\n'))
+
+
+def test_the_code_defaults_are_the_params_file():
+    from pipeline.params import Params
+
+    # params.yaml documents every default; what a library call gets without a file must be the same
+    assert Params() == load_params(ROOT / "params.yaml")

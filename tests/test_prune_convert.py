@@ -24,7 +24,7 @@ def trained():
 
 @pytest.mark.parametrize("schedule", ["polynomial_decay", "constant_sparsity"])
 def test_schedule_reaches_its_target_sparsity(trained, schedule):
-    p = PruneParams(schedule=schedule, final_sparsity=0.6, epochs=2, begin_epoch=0, end_epoch=1, frequency=1,
+    p = PruneParams(schedule=schedule, min_weights=0, final_sparsity=0.6, epochs=2, begin_epoch=0, end_epoch=1, frequency=1,
                     batch_size=32, learning_rate=1e-4)
     _, stripped, _ = prune_model(trained, DATA, p, seed=0)
     for cost in model_costs(stripped):
@@ -34,7 +34,7 @@ def test_schedule_reaches_its_target_sparsity(trained, schedule):
 
 
 def test_stripped_model_gives_the_pruned_models_outputs(trained):
-    p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32)
+    p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32, min_weights=0)
     wrapped, stripped, _ = prune_model(trained, DATA, p, seed=0)
     x = DATA.x_test.astype("float32")
     np.testing.assert_allclose(stripped.predict(x, verbose=0), wrapped.predict(x, verbose=0), atol=1e-6)
@@ -50,7 +50,7 @@ def test_pruning_starts_from_every_trained_weight_and_leaves_the_trained_model_a
     wrapped = wrap_for_pruning(trained, later, min_weights=100)  # the small layers stay unwrapped
     x = DATA.x_test.astype("float32")
     assert np.array_equal(wrapped(x, training=False).numpy(), trained(x, training=False).numpy())
-    p = PruneParams(final_sparsity=0.6, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32)
+    p = PruneParams(final_sparsity=0.6, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32, min_weights=0)
     prune_model(trained, DATA, p, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
 
@@ -95,7 +95,7 @@ def test_layers_below_min_weights_stay_dense(trained):
 
 def test_two_by_four_sparsity_leaves_two_zeros_in_every_block_of_four_input_channels(trained):
     p = PruneParams(final_sparsity=0.5, epochs=2, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
-                    sparsity_m_by_n=[2, 4])
+                    sparsity_m_by_n=[2, 4], min_weights=0)
     _, stripped, _ = prune_model(trained, DATA, p, seed=0)
     kernel = stripped.get_layer("stage2_conv").get_weights()[0]  # (3, 3, 8 in, 8 out)
     blocks = np.moveaxis(kernel, 2, -1).reshape(-1, 4)

@@ -159,7 +159,8 @@ def test_sensitivity_reports_each_layer_at_each_ratio_without_retraining():
 def structured_params(**kw):
     from pipeline.params import StructuredParams
 
-    return StructuredParams(**{"finetune_epochs": 1, "batch_size": 32, **kw})
+    return StructuredParams(**{"finetune_epochs": 1, "batch_size": 32, "fraction": 0.2, "channel_multiple": 1,
+                               "target": "macs", **kw})
 
 
 @pytest.mark.e2e
