@@ -1,5 +1,5 @@
 # mobiledeploy: `make all` runs the whole job on the default config (params.yaml); `make test` runs
-# the tests. Both bootstrap what they need: a virtualenv in .venv from pyproject.toml, and the dataset.
+# the tests. Both bootstrap what they need: a virtualenv in .venv from requirements.lock, and the dataset.
 # Another config: `make all PARAMS=configs/smoke.yaml`. Stages are file targets: `make convert`
 # redoes only what is stale.
 
@@ -13,7 +13,7 @@ BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare pictures \
-        samples test test-fast bad-input-table data debian-dataset clean help
+        samples test test-fast bad-input-table data debian-dataset clean help lock
 .DELETE_ON_ERROR:
 
 all: check
@@ -21,13 +21,20 @@ all: check
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "targets: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare"
-	@echo "         pictures samples test test-fast bad-input-table data clean"
+	@echo "         pictures samples test test-fast bad-input-table data clean lock"
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
+
+# Resolve pyproject.toml's ranges again into requirements.lock: on purpose only, then re-run and review the gates.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet -e '.[test]'
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm -rf .lock-venv
 
 # Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TRAINED, PRUNED, TFLITE, REPORT, GATES), written
 # by the CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
@@ -35,7 +42,10 @@ PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS)).mk
 $(PATHS_MK): $(PARAMS) $(VENV_STAMP)
 	@mkdir -p $(BUILD)
 	@$(CLI) paths $(ARGS) > $@.tmp && { cat $@.tmp; echo '$$(PATHS_MK): $$(PARAM_FILES)'; } > $@ && rm $@.tmp
+# help, clean and lock need neither the virtualenv nor the paths
+ifneq ($(if $(MAKECMDGOALS),$(filter-out help clean lock,$(MAKECMDGOALS)),all),)
 include $(PATHS_MK)
+endif
 
 data: $(VENV_STAMP)
 	@$(CLI) data $(ARGS) 2>/dev/null || { $(MAKE) --no-print-directory debian-dataset && $(CLI) data $(ARGS); }
