@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -29,9 +30,13 @@ def stage_options(fn):
     @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                   help="Override one param (repeatable), e.g. --set train.epochs=3")
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+    @click.option("--verbose", is_flag=True, help="Also show TensorFlow's start-up lines and converter output.")
     @functools.wraps(fn)
-    def wrapper(params_file, overrides, debug, **kwargs):
+    def wrapper(params_file, overrides, debug, verbose, **kwargs):
         from .runner import Terminated, project_lock, sigterm_as_interrupt, sweep_leftovers
+
+        if verbose:
+            os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.tf when TensorFlow is imported
 
         try:
             with sigterm_as_interrupt():

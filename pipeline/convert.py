@@ -12,7 +12,7 @@ from .data import Dataset, load_dataset
 from .errors import PipelineError
 from .keras_io import check_fits_data, load_model
 from .params import Params
-from .tf import tf
+from .tf import native_output_silenced, tf
 
 
 def representative_data(x_train: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -40,7 +40,8 @@ def to_tflite(model, fmt: str, representative: np.ndarray | None = None) -> byte
     elif fmt != "float32":
         raise ValueError(f"unknown format {fmt!r}")
     try:
-        return converter.convert()
+        with native_output_silenced():
+            return converter.convert()
     except Exception as exc:  # the converter's errors are long MLIR dumps; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise PipelineError(f"TFLite conversion to {fmt} failed for {model.name}: {first[:300]}") from None

@@ -240,3 +240,12 @@ def test_check_recompute_rederives_every_accuracy_from_the_files(copy_of_smoke, 
     result = invoke("check", *SMOKE, "--gates", "g.yaml", "--recompute")  # ... --recompute can
     assert result.exit_code == 1 and "recomputed accuracy" in result.output and f"{claimed:.4f}" in result.output
     assert "min_accuracy" not in result.output  # the gates judged the measured numbers, which pass
+
+
+@pytest.mark.e2e
+def test_tensorflow_start_up_lines_are_silent_unless_verbose(tmp_path):
+    project = new_project(tmp_path)
+    quiet = run_cli("summary", *SMOKE, "--untrained", cwd=project, own_process=True)
+    assert quiet.stderr == "" and "stage1_conv" in quiet.stdout
+    loud = run_cli("summary", *SMOKE, "--untrained", "--verbose", cwd=project, own_process=True)
+    assert loud.stdout == quiet.stdout and loud.stderr != ""
