@@ -29,6 +29,7 @@ class Violation:
     limit: Any
     value: Any
     kind: str = "gate"  # gate | file (the disk differs from the report) | binding (gates made for other data/params)
+    #                     | records (the files' records say other params than the report) | recomputed
 
 
 def _drop(e: dict) -> float | None:
@@ -114,6 +115,18 @@ def binding(report: dict, made_with: dict) -> list[Violation]:
     return found
 
 
+def record_claims(report: dict) -> list[Violation]:
+    """The report's params against what the records behind each file say they were made with: the
+    params in a report are re-derived from the disk, not believed."""
+    from .provenance import disagreements
+    from .report import flatten
+
+    flat = flatten(report["params"])
+    return [Violation(e["file"], f"params {key}", f"{made!r} in {record}", f"{now!r} in the report", "records")
+            for e in report["artefacts"] if Path(e["file"]).is_file()
+            for key, made, now, record in disagreements(Path(e["file"]), flat)]
+
+
 def violations(report: dict, limits: dict[str, dict[str, float]]) -> list[Violation]:
     """Every gate the report breaks; an artefact named in the gates but absent from the report is one."""
     entries = {e["file"]: e for e in report.get("artefacts", [])}
@@ -140,6 +153,7 @@ def check(report_path: Path, gates_path: Path, recompute: Callable[[dict], list[
     gates = load_gates(gates_path)
     found = [Violation(file, "file", "as validated", problem, "file") for file, problem in file_problems(report)]
     found += binding(report, gates.made_with)
+    found += record_claims(report)
     if recompute is not None and not found:
         found += recompute(report)
     found += violations(report, gates.limits)

@@ -179,6 +179,8 @@ def check(params, report, gates_path, update, recompute, params_file, overrides,
                  "binding": f"the report was made for other data or params than {gates_path}: if the change is "
                             f"intended, rewrite the gates on purpose (`mobiledeploy check --update {again}`) and "
                             "commit them",
+                 "records": "the records beside the files say they were made with other params than the report "
+                            "claims: re-make them with these params (make validate re-runs what is stale)",
                  "recomputed": "the report's numbers are not what the files give: the report was edited or is "
                                "stale; re-run `mobiledeploy validate`"}
         notes = "".join(f"\n{fixes[kind]}" for kind in dict.fromkeys(v.kind for v in found) if kind in fixes)

@@ -14,7 +14,8 @@ from .data import load_dataset
 from .errors import PipelineError
 from .measure import KerasParents, measure
 from .params import Params
-from .report import make_report
+from .provenance import disagreements
+from .report import bound_params, flatten, make_report
 
 
 def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> list[Path]:
@@ -37,9 +38,21 @@ def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     return files
 
 
+def refuse_other_params(files: list[Path], params: Params) -> None:
+    """One line naming the first file whose records say it was made with other params than these."""
+    flat = flatten(bound_params(params))
+    for path in files:
+        for key, made, now, record in disagreements(path, flat):
+            raise PipelineError(f"{path} was made with {key}={made!r} ({record}); these params say {now!r}. Re-make "
+                                "it with these params (make convert, or the stage that owns the key), or validate "
+                                "with the same --set it was made with")
+
+
 def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
     """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them."""
     files = discover(params, keras_model, out_dir)
+    if keras_model is None:  # the config's own files must be what these params make
+        refuse_other_params(files, params)
     data = load_dataset(params.data, params.seed)
     parents = KerasParents(data.x_test)
     entries = []

@@ -210,3 +210,22 @@ def test_a_report_that_is_not_a_regular_file_is_refused(project):
     (project / "dev.json").symlink_to("/dev/zero")
     with pytest.raises(PipelineError, match="not a regular file"):
         check(project / "dev.json", project / "gates.yaml")
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_the_params_of_a_report_are_checked_against_the_records_behind_its_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    model = Path("models/m.keras")
+    model.parent.mkdir()
+    model.write_bytes(b"a model")
+    write_json(Path("models/m.keras.json"), {"stage": "train", "seed": 42, "key": "sha256:" + "00" * 32,
+                                              "params": {"name": "m", "train": {**PARAMS.section("train"), "epochs": 2}}})
+    e = entry(Path("tflite_out/m.int8.tflite"), 0.9, 0.91)
+    record = {"stage": "convert", "keras_model": str(model), "key": e["record_key"], "params": {"format": "int8"}}
+    write_json(Path("tflite_out/m.int8.tflite.json"), record)
+    write_json(tmp_path / "report.json", make_report(PARAMS, tiny_dataset(), [e]))  # claims train.epochs 12
+    update_gates(tmp_path / "report.json", tmp_path / "gates.yaml", MARGINS, "test")
+    found = check(tmp_path / "report.json", tmp_path / "gates.yaml")[0]
+    assert {(v.gate, v.kind) for v in found} == {("params train.epochs", "records"), ("params name", "records")}

@@ -249,3 +249,15 @@ def test_tensorflow_start_up_lines_are_silent_unless_verbose(tmp_path):
     assert quiet.stderr == "" and "stage1_conv" in quiet.stdout
     loud = run_cli("summary", *SMOKE, "--untrained", "--verbose", cwd=project, own_process=True)
     assert loud.stdout == quiet.stdout and loud.stderr != ""
+
+
+@pytest.mark.bad_input("stale artefacts")
+def test_validate_refuses_files_made_with_a_set_experiment_unless_given_the_same_set(copy_of_smoke):
+    experiment = ("--set", "convert.representative_samples=99")
+    run_cli("convert", *SMOKE, *experiment, cwd=copy_of_smoke)
+    before = snapshot(copy_of_smoke)
+    fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False),
+                  "smoke.int8.tflite was made with convert.representative_samples=99", "these params say 100")
+    assert snapshot(copy_of_smoke) == before
+    run_cli("validate", *SMOKE, *experiment, cwd=copy_of_smoke)
+    assert report(copy_of_smoke)["params"]["convert"]["representative_samples"] == 99
