@@ -13,15 +13,15 @@ BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare pictures \
-        samples test test-fast bad-input-table data debian-dataset clean help lock
+        samples test test-fast bad-input-table diff data debian-dataset clean help lock
 .DELETE_ON_ERROR:
 
 all: check
 
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare"
-	@echo "         pictures samples test test-fast bad-input-table data clean lock"
+	@echo "targets: all train prune convert validate check gates diff zoo mtl-compare shrink sensitivity prune-compare"
+	@echo "         pictures samples test test-fast bad-input-table diff data clean lock"
 
 $(VENV_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ $(REPORT): $(TFLITE) $(PARAM_FILES)
 
 check: $(REPORT)
 	$(CLI) check $(ARGS)
+
+# Compare the current report with another (OLD=path/to/report.json), metric by metric.
+diff: $(REPORT)
+	@test -n "$(OLD)" || { echo "make diff OLD=path/to/old.report.json" >&2; exit 2; }
+	$(CLI) diff $(OLD) $(REPORT)
 
 # Rewrite $(GATES) from the current report: on purpose only, and commit the result.
 gates: $(REPORT)

@@ -151,6 +151,20 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def environment() -> dict[str, Any]:
+    """Where and when a measurement was made: date (UTC), git commit, package versions, CPU and cores."""
+    import datetime
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git_commit(), "versions": _versions(), "cpu": cpu, "cpu_count": os.cpu_count()}
+
+
 def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: dict[str, str],
                 **extra: Any) -> dict[str, Any]:
     """What produced an artefact: stage, the params it used, seed, versions, commit, and ``inputs``

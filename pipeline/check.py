@@ -19,7 +19,7 @@ import yaml
 from .artifacts import write_text
 from .errors import PipelineError, clip, short
 from .params import CheckParams, ParamsError, read_yaml
-from .report import SCHEMA, file_problems, load_report, params_difference, params_hash
+from .report import SCHEMA, file_problems, load_report, params_difference, params_hash, text_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +170,7 @@ def _fmt(value: Any) -> str:
 
 def table(found: list[Violation]) -> str:
     rows = [("artefact", "gate", "limit", "value")] + [(v.file, v.gate, _fmt(v.limit), _fmt(v.value)) for v in found]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text_table(rows)
 
 
 def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str, float]]:

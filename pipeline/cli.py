@@ -191,6 +191,20 @@ def check(params, report, gates_path, update, recompute, params_file, overrides,
 
 
 @cli.command()
+@click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
+def diff(old, new):
+    """Old, new and delta per metric and artefact of two validation reports (e.g. main's and yours)."""
+    from .report import diff as compare, load_report
+
+    try:
+        click.echo(compare(load_report(old), load_report(new)))
+    except PipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
 @MODEL_OPTION
 @click.option("--untrained", is_flag=True, help="Build the architecture in params instead of loading a model.")
 @stage_options

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .artifacts import file_hash, read_record, text_hash
+from .artifacts import environment, file_hash, read_record, text_hash
 from .data import Dataset, fingerprint
 from .errors import PipelineError, clip, short
 from .params import Params
@@ -45,7 +45,52 @@ def test_set(data: Dataset) -> str:
 def make_report(params: Params, data: Dataset, entries: list[dict]) -> dict:
     bound = bound_params(params)
     return {"schema": SCHEMA, "dataset": data.source, "test_examples": len(data.y_test), "test_set": test_set(data),
-            "params": bound, "params_hash": params_hash(bound), "artefacts": entries}
+            "params": bound, "params_hash": params_hash(bound), "environment": environment(), "artefacts": entries}
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells (the first is the header) as aligned plain text."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+# what `diff` compares, per artefact: name -> how to read it from an entry
+DIFF_METRICS = {"accuracy": lambda e: e.get("accuracy"), "keras_agreement": lambda e: e.get("keras_agreement"),
+                "size_bytes": lambda e: e.get("size_bytes"), "gzip_bytes": lambda e: e.get("gzip_bytes"),
+                "p50_ms": lambda e: (e.get("latency_ms") or {}).get("p50")}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def diff(old: dict, new: dict) -> str:
+    """Old, new and delta for every metric of every artefact of two reports (per task too), with a
+    line for each difference in what they were measured on."""
+    notes = []
+    if old["test_set"] != new["test_set"]:
+        notes.append(f"the test sets differ ({old['test_examples']} and {new['test_examples']} examples)")
+    changed = params_difference(old["params"], new["params"])
+    if changed:
+        notes.append("params differ: " + ", ".join(f"{k} {short(a)} -> {short(b)}" for k, a, b in changed[:8]))
+    olds, news = ({e["file"]: e for e in r["artefacts"]} for r in (old, new))
+    rows = [("artefact", "metric", "old", "new", "delta")]
+    for file in list(dict.fromkeys([*olds, *news])):
+        a, b = olds.get(file), news.get(file)
+        if a is None or b is None:
+            rows.append((file, "(whole file)", "-" if a is None else "present", "-" if b is None else "present", ""))
+            continue
+        metrics = dict(DIFF_METRICS)
+        for task in sorted(set(a.get("tasks", {})) | set(b.get("tasks", {}))):
+            metrics[f"accuracy:{task}"] = lambda e, t=task: e.get("tasks", {}).get(t, {}).get("accuracy")
+        for name, read in metrics.items():
+            x, y = read(a), read(b)
+            delta = "" if x is None or y is None else (f"{y - x:+,}" if isinstance(x, int) and isinstance(y, int)
+                                                       else f"{y - x:+.4f}")
+            rows.append((file, name, _cell(x), _cell(y), delta))
+    return "\n".join(notes + [text_table(rows)])
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -229,3 +229,18 @@ def test_the_params_of_a_report_are_checked_against_the_records_behind_its_files
     update_gates(tmp_path / "report.json", tmp_path / "gates.yaml", MARGINS, "test")
     found = check(tmp_path / "report.json", tmp_path / "gates.yaml")[0]
     assert {(v.gate, v.kind) for v in found} == {("params train.epochs", "records"), ("params name", "records")}
+
+
+def test_diff_shows_old_new_and_delta_per_metric_and_names_what_differs(project):
+    from pipeline.report import diff
+
+    old = load_report(project / "report.json")
+    new = copy.deepcopy(old)
+    new["artefacts"][0]["accuracy"] = 0.88
+    new["artefacts"].pop()
+    new["params"]["train"]["epochs"] = 2
+    lines = diff(old, new).splitlines()
+    assert lines[0] == "params differ: train.epochs 12 -> 2"
+    assert any(line.split() == ["tflite_out/m.int8.tflite", "accuracy", "0.9000", "0.8800", "-0.0200"] for line in lines)
+    assert any(line.split()[:4] == ["tflite_out/m.float32.tflite", "(whole", "file)", "present"] for line in lines)
+    assert old["environment"]["versions"]["tensorflow"] and old["environment"]["cpu_count"] >= 1
