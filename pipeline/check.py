@@ -28,6 +28,7 @@ class Violation:
     gate: str
     limit: Any
     value: Any
+    baseline: Any = None  # what the gate's number was when the gates were written (made_with.baseline)
     kind: str = "gate"  # gate | file (the disk differs from the report) | binding (gates made for other data/params)
     #                     | records (the files' records say other params than the report) | recomputed
 
@@ -108,10 +109,10 @@ def binding(report: dict, made_with: dict) -> list[Violation]:
     if report["test_set"] != made_with["test_set"]:
         found.append(Violation("(report)", "test set", f"{made_with.get('test_examples')} examples, "
                                f"{made_with['test_set'][:15]}…", f"{report['test_examples']} examples, "
-                               f"{report['test_set'][:15]}…", "binding"))
+                               f"{report['test_set'][:15]}…", kind="binding"))
     if params_hash(report["params"]) != params_hash(made_with["params"]):
         for key, gates_value, report_value in params_difference(made_with["params"], report["params"]):
-            found.append(Violation("(report)", f"params {key}", gates_value, report_value, "binding"))
+            found.append(Violation("(report)", f"params {key}", gates_value, report_value, kind="binding"))
     return found
 
 
@@ -122,14 +123,16 @@ def record_claims(report: dict) -> list[Violation]:
     from .report import flatten
 
     flat = flatten(report["params"])
-    return [Violation(e["file"], f"params {key}", f"{made!r} in {record}", f"{now!r} in the report", "records")
+    return [Violation(e["file"], f"params {key}", f"{made!r} in {record}", f"{now!r} in the report", kind="records")
             for e in report["artefacts"] if Path(e["file"]).is_file()
             for key, made, now, record in disagreements(Path(e["file"]), flat)]
 
 
-def violations(report: dict, limits: dict[str, dict[str, float]]) -> list[Violation]:
-    """Every gate the report breaks; an artefact named in the gates but absent from the report is one."""
+def violations(report: dict, limits: dict[str, dict[str, float]], baseline: dict | None = None) -> list[Violation]:
+    """Every gate the report breaks; an artefact named in the gates but absent from the report is one.
+    ``baseline`` (file -> gate -> value when the gates were written) is carried into each violation."""
     entries = {e["file"]: e for e in report.get("artefacts", [])}
+    baseline = baseline if isinstance(baseline, dict) else {}
     found = []
     for file, gates in limits.items():
         entry = entries.get(file)
@@ -140,7 +143,8 @@ def violations(report: dict, limits: dict[str, dict[str, float]]) -> list[Violat
             read, at_least = reader(gate)
             value = read(entry)
             if value is None or not math.isfinite(value) or (value < limit if at_least else value > limit):
-                found.append(Violation(file, gate, limit, value))
+                was = (baseline.get(file) or {}).get(gate) if isinstance(baseline.get(file), dict) else None
+                found.append(Violation(file, gate, limit, value, was if isinstance(was, (int, float)) else None))
     return found
 
 
@@ -151,12 +155,12 @@ def check(report_path: Path, gates_path: Path, recompute: Callable[[dict], list[
     report's numbers with the measured ones and returning where they disagreed."""
     report = load_report(report_path)
     gates = load_gates(gates_path)
-    found = [Violation(file, "file", "as validated", problem, "file") for file, problem in file_problems(report)]
+    found = [Violation(file, "file", "as validated", problem, kind="file") for file, problem in file_problems(report)]
     found += binding(report, gates.made_with)
     found += record_claims(report)
     if recompute is not None and not found:
         found += recompute(report)
-    found += violations(report, gates.limits)
+    found += violations(report, gates.limits, gates.made_with.get("baseline"))
     return found, sum(len(g) for g in gates.limits.values())
 
 
@@ -168,8 +172,18 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
+def _change(v: Violation) -> str:
+    if v.baseline is None or not isinstance(v.value, (int, float)) or isinstance(v.value, bool):
+        return ""
+    delta = v.value - v.baseline
+    return f"{delta:+,}" if isinstance(delta, int) else f"{delta:+.4f}"
+
+
 def table(found: list[Violation]) -> str:
-    rows = [("artefact", "gate", "limit", "value")] + [(v.file, v.gate, _fmt(v.limit), _fmt(v.value)) for v in found]
+    """The violations; for a gate, also its baseline (the value when the gates were written) and the change."""
+    rows = [("artefact", "gate", "limit", "value", "baseline", "change")]
+    rows += [(v.file, v.gate, _fmt(v.limit), _fmt(v.value), "" if v.baseline is None else _fmt(v.baseline), _change(v))
+             for v in found]
     return text_table(rows)
 
 
@@ -192,9 +206,12 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
     return gates
 
 
-def made_with(report: dict) -> dict[str, Any]:
+def made_with(report: dict, gates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """What the gates were measured on, and the measured value behind each limit (the baseline)."""
+    entries = {e["file"]: e for e in report["artefacts"]}
+    baseline = {file: {gate: reader(gate)[0](entries[file]) for gate in limits} for file, limits in gates.items()}
     return {"schema": SCHEMA, "dataset": report["dataset"].split(" (")[0], "test_examples": report["test_examples"],
-            "test_set": report["test_set"], "params": report["params"]}
+            "test_set": report["test_set"], "params": report["params"], "baseline": baseline}
 
 
 def update_gates(report_path: Path, gates_path: Path, margins: CheckParams, command: str) -> None:
@@ -214,7 +231,7 @@ def update_gates(report_path: Path, gates_path: Path, margins: CheckParams, comm
               "# made_with: the test set and params these limits were measured on; `check` refuses a report\n"
               "# made on another test set or with other params. Edit by hand only to tighten or loosen a\n"
               "# gate on purpose; say why in the commit.\n")
-    write_text(gates_path, header + yaml.safe_dump({"made_with": made_with(report), "artefacts": gates},
+    write_text(gates_path, header + yaml.safe_dump({"made_with": made_with(report, gates), "artefacts": gates},
                                                    sort_keys=True))
 
 
@@ -245,7 +262,7 @@ def recomputer(params) -> Callable[[dict], list[Violation]]:
             for key, claimed, measured in pairs:
                 if (claimed is None) != (measured is None) or \
                         (measured is not None and abs(claimed - measured) > tolerance):
-                    found.append(Violation(e["file"], f"recomputed {key}", claimed, measured, "recomputed"))
+                    found.append(Violation(e["file"], f"recomputed {key}", claimed, measured, kind="recomputed"))
             e.update({key: fresh[key] for key in MEASURED})
             if "tasks" in fresh:
                 e["tasks"] = fresh["tasks"]

@@ -244,3 +244,12 @@ def test_diff_shows_old_new_and_delta_per_metric_and_names_what_differs(project)
     assert any(line.split() == ["tflite_out/m.int8.tflite", "accuracy", "0.9000", "0.8800", "-0.0200"] for line in lines)
     assert any(line.split()[:4] == ["tflite_out/m.float32.tflite", "(whole", "file)", "present"] for line in lines)
     assert old["environment"]["versions"]["tensorflow"] and old["environment"]["cpu_count"] >= 1
+
+
+def test_a_violation_shows_its_baseline_and_the_change(project):
+    from pipeline.check import table
+
+    edit_report(project, lambda r: r["artefacts"][0].update(accuracy=0.85))  # was 0.90 when the gates were written
+    text = table(check(project / "report.json", project / "gates.yaml")[0])
+    row = next(line.split() for line in text.splitlines() if "min_accuracy" in line)
+    assert row == ["tflite_out/m.int8.tflite", "min_accuracy", "0.8900", "0.8500", "0.9000", "-0.0500"]
