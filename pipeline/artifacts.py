@@ -171,8 +171,13 @@ def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: di
     (what was read -> its hash; see :func:`file_hash`).
 
     ``key`` hashes everything that determines the artefact (not the git commit): a stage whose planned
-    record has the key of the record on disk has nothing to do (:func:`reuse_if_current`).
+    record has the key of the record on disk has nothing to do (:func:`reuse_if_current`). The code of
+    the stage, its module and every package module it imports, is one of the inputs
+    (:func:`pipeline.code.code_hash`): a change to it remakes the artefact, an edit elsewhere does not.
     """
+    from .code import code_hash
+
+    inputs = {**inputs, "code": code_hash(f"pipeline.{stage}")}
     versions = _versions()
     key_source = json.dumps([stage, params, seed, inputs, versions], sort_keys=True, default=str)
     return {"stage": stage, "key": text_hash(key_source),

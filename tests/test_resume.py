@@ -91,3 +91,18 @@ def test_a_stage_with_unchanged_inputs_and_params_does_not_redo_its_work(uninter
     changed = run_cli(*TRAIN, "--set", "train.learning_rate=0.002", cwd=project)
     assert "Epoch 1/6" in changed.stdout and snapshot(project / "models") != before
     assert model.is_file()
+
+
+def test_a_stage_key_covers_the_code_it_imports_and_nothing_else(tmp_path):
+    from pipeline.code import code_hash
+
+    package = tmp_path / "pipeline"
+    shutil.copytree(ROOT / "pipeline", package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_hash("pipeline.train", package)
+    with open(package / "zoo.py", "a") as f:  # a study: training does not import it
+        f.write("\n# an edit\n")
+    assert code_hash("pipeline.train", package) == before
+    with open(package / "data" / "folder.py", "a") as f:  # imported (lazily) by the data loader training uses
+        f.write("\n# an edit\n")
+    assert code_hash("pipeline.train", package) != before
+    assert code_hash("pipeline.zoo", package) != code_hash("pipeline.zoo", ROOT / "pipeline")
