@@ -118,14 +118,23 @@ def binding(report: dict, made_with: dict) -> list[Violation]:
 
 def record_claims(report: dict) -> list[Violation]:
     """The report's params against what the records behind each file say they were made with: the
-    params in a report are re-derived from the disk, not believed."""
-    from .provenance import disagreements
+    params in a report are re-derived from the disk, not believed. The config's own files (named
+    after ``params.name``) must have records all the way down to their trained model."""
+    from .artifacts import OUT_DIR
+    from .provenance import chain, disagreements
     from .report import flatten
 
-    flat = flatten(report["params"])
-    return [Violation(e["file"], f"params {key}", f"{made!r} in {record}", f"{now!r} in the report", kind="records")
-            for e in report["artefacts"] if Path(e["file"]).is_file()
-            for key, made, now, record in disagreements(Path(e["file"]), flat)]
+    flat, name = flatten(report["params"]), report["params"].get("name")
+    found = []
+    for e in report["artefacts"]:
+        path = Path(e["file"])
+        found += [Violation(e["file"], f"params {key}", f"{made!r} in {record}", f"{now!r} in the report",
+                            kind="records") for key, made, now, record in disagreements(path, flat)]
+        own = path.parent == OUT_DIR and (path.name.startswith(f"{name}.") if isinstance(name, str) else False)
+        if own and not chain(path)[1]:
+            found.append(Violation(e["file"], "records", "down to a trained model", "incomplete or missing",
+                                   kind="records"))
+    return found
 
 
 def violations(report: dict, limits: dict[str, dict[str, float]], baseline: dict | None = None) -> list[Violation]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
-from .runner import child_tempdir, die_with_parent
+from .runner import child_tempdir, dies_with_parent
 
 
 def _interpreter(path: str, threads: int):
@@ -117,7 +117,7 @@ def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], war
                "batch_size": batch_size, "threads": threads, "warmup": warmup, "runs": runs}
         try:
             proc = subprocess.run([sys.executable, "-m", "pipeline.litert", json.dumps(job)],
-                                  capture_output=True, text=True, timeout=timeout, preexec_fn=die_with_parent)
+                                  capture_output=True, text=True, timeout=timeout, preexec_fn=dies_with_parent())
         except subprocess.TimeoutExpired:
             raise PipelineError(f"{path}: LiteRT did not finish within {timeout:.0f}s") from None
         if proc.returncode < 0:

@@ -185,6 +185,7 @@ class ConvertParams:
         _check(len(self.formats) > 0, "convert.formats", f"must name at least one of {', '.join(FORMATS)}")
         for fmt in self.formats:
             _check(fmt in FORMATS, "convert.formats", f"unknown format {short(fmt)}; known: {', '.join(FORMATS)}")
+        _check(len(set(self.formats)) == len(self.formats), "convert.formats", f"names a format twice: {short(self.formats)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,16 +19,24 @@ from .report import BOUND, flatten
 MAX_CHAIN = 8  # tflite -> pruned -> shrunk -> trained is 4; more means a loop or a hand-made chain
 
 
-def claimed(path: Path) -> dict[str, tuple[Any, str]]:
-    """Flattened params key -> (value, the record that says so), for the bound params (see
-    :data:`pipeline.report.BOUND`; ``data.dir`` left out) that the records behind ``path`` commit to.
-    The record nearest to ``path`` wins where two say the same key. Empty for a file without records."""
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, a folder we may not enter
+        return False
+
+
+def chain(path: Path) -> tuple[dict[str, tuple[Any, str]], bool]:
+    """(claims, complete): flattened params key -> (value, the record that says so), for the bound
+    params (see :data:`pipeline.report.BOUND`; ``data.dir`` left out) that the records behind ``path``
+    commit to, the record nearest to ``path`` winning where two say the same key; and whether the
+    chain of records reaches a trained model's record (within MAX_CHAIN links)."""
     claims: dict[str, tuple[Any, str]] = {}
     current: Path | None = path
     for _ in range(MAX_CHAIN):
         if current is None:
             break
-        record = read_record(current) if current.is_file() else None
+        record = read_record(current) if _is_file(current) else None
         if not record:
             break
         used = record.get("params") if isinstance(record.get("params"), dict) else {}
@@ -48,8 +56,15 @@ def claimed(path: Path) -> dict[str, tuple[Any, str]]:
         for key, value in found.items():
             if not key.startswith("data.dir"):
                 claims.setdefault(key, (value, source))
-        current = Path(parent) if isinstance(parent, str) else None
-    return claims
+        if record.get("stage") == "train":
+            return claims, True
+        current = Path(parent) if isinstance(parent, str) and parent else None
+    return claims, False
+
+
+def claimed(path: Path) -> dict[str, tuple[Any, str]]:
+    """The params the records behind ``path`` commit to (see :func:`chain`); empty without records."""
+    return chain(path)[0]
 
 
 def disagreements(path: Path, flat_params: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:

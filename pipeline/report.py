@@ -164,8 +164,8 @@ def _entry_problem(i: int, e: Any) -> str | None:
     where = f"artefacts[{i}]"
     if not isinstance(e, dict):
         return f"{where}: expected an object"
-    if not isinstance(e.get("file"), str) or not e["file"]:
-        return f"{where}.file: expected a path"
+    if not isinstance(e.get("file"), str) or not 0 < len(e["file"]) <= 4096:
+        return f"{where}.file: expected a path (at most 4096 characters)"
     where = f"{where} ({clip(e['file'], 80)})"
     if not isinstance(e.get("sha256"), str) or not HASH.fullmatch(e["sha256"]):
         return f"{where}.sha256: expected 'sha256:' and 64 hex digits, got {short(e.get('sha256'))}"
@@ -229,7 +229,12 @@ def file_problems(report: dict, root: Path = Path()) -> list[tuple[str, str]]:
     problems = []
     for e in report["artefacts"]:
         path = root / e["file"]
-        if not path.is_file():
+        try:
+            present = path.is_file()
+        except OSError as exc:  # a name too long for the file system, a folder we may not enter
+            problems.append((e["file"], f"unreadable ({exc.strerror or exc.__class__.__name__})"))
+            continue
+        if not present:
             problems.append((e["file"], "missing"))
             continue
         try:

@@ -9,7 +9,7 @@ and the leftovers of killed runs swept away.
   so context managers remove temporary files and ``subprocess`` stops children as for Ctrl-C; the
   command exits 143 (Ctrl-C: 130).
 - **Children**: LiteRT runs in child processes that get SIGKILL when their parent dies
-  (:func:`die_with_parent`), and a run removes the temporary folders that killed runs left behind.
+  (:func:`dies_with_parent`), and a run removes the temporary folders that killed runs left behind.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +30,7 @@ from .errors import PipelineError
 
 LOCK_FILE = ".mobiledeploy.lock"
 CHILD_PREFIX = "mobiledeploy-litert-"  # temporary folders: <prefix><pid of the run>-<random>
+ALIVE = ".alive"  # inside such a folder: locked by its run while it lives
 PR_SET_PDEATHSIG = 1
 
 
@@ -40,18 +43,27 @@ def project_lock(folder: Path = Path(".")) -> Iterator[None]:
     """Hold the project folder's lock for the block, or stop naming the run that holds it."""
     path = folder / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except PermissionError:  # a read-only checkout or another user's lock file: flock works read-only too
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise PipelineError(f"cannot create the run lock {path}: {exc.strerror}") from None
+        raise PipelineError(f"cannot open the run lock {path}: {exc.strerror or exc} (a symlink or a special "
+                            "file there is refused; remove it)") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PipelineError(f"the run lock {path} is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise PipelineError(f"another mobiledeploy run (PID {holder}) is working in this project folder; "
                                 "wait for it to finish or stop it, then run this again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            raise PipelineError(f"cannot take the run lock {path}: {exc.strerror or exc}") from None
+        with contextlib.suppress(OSError):  # the PID is for the message above only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -61,6 +73,7 @@ def project_lock(folder: Path = Path(".")) -> Iterator[None]:
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only)."""
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         raise Terminated()
 
     try:
@@ -74,35 +87,72 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for a child process: the kernel sends it SIGKILL when its parent dies (Linux)."""
+def _prctl():
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: the sweep below still removes what a killed run left
+        return None  # not Linux: the sweep below still removes what a killed run left
 
 
-def child_tempdir() -> tempfile.TemporaryDirectory:
-    """A temporary folder for a child's inputs and outputs, named after this process."""
-    return tempfile.TemporaryDirectory(prefix=f"{CHILD_PREFIX}{os.getpid()}-")
+_PRCTL = _prctl()  # looked up here, in the parent: a forked child of a threaded process should not load libraries
 
 
-def _alive(pid: int) -> bool:
+def dies_with_parent():
+    """A ``preexec_fn``: the child gets SIGKILL from the kernel when this process dies (Linux), and
+    exits at once if this process died before the child could ask for that."""
+    parent = os.getpid()
+
+    def arrange() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arrange
+
+
+@contextlib.contextmanager
+def child_tempdir() -> Iterator[str]:
+    """A temporary folder for a child's inputs and outputs, named after this process and holding a
+    locked ``.alive`` file for as long as the block runs: the proof :func:`sweep_leftovers` asks for."""
+    folder = tempfile.mkdtemp(prefix=f"{CHILD_PREFIX}{os.getpid()}-")
+    alive = os.open(os.path.join(folder, ALIVE), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(alive, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(alive)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _abandoned(folder: Path) -> bool:
+    """True if the run that made ``folder`` is gone: its ``.alive`` lock can be taken (the kernel frees
+    it when a process dies, whatever its PID namespace), or it never took one and is over a minute old."""
+    try:
+        fd = os.open(folder / ALIVE, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return time.time() - folder.lstat().st_mtime > 60
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def sweep_leftovers() -> list[Path]:
-    """Remove the temporary folders of runs that are no longer alive; returns what was removed."""
+    """Remove this user's temporary folders of runs that are gone; returns what was removed."""
     removed = []
     for folder in Path(tempfile.gettempdir()).glob(f"{CHILD_PREFIX}*"):
-        pid = folder.name.removeprefix(CHILD_PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+        try:
+            info = folder.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or not _abandoned(folder):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed

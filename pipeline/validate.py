@@ -42,7 +42,7 @@ def refuse_other_params(files: list[Path], params: Params) -> None:
     """One line naming the first file whose records say it was made with other params than these."""
     flat = flatten(bound_params(params))
     for path in files:
-        for key, made, now, record in disagreements(path, flat):
+        for key, made, now, record in disagreements(path, flat):  # (a file without records: judged as it is)
             raise PipelineError(f"{path} was made with {key}={made!r} ({record}); these params say {now!r}. Re-make "
                                 "it with these params (make convert, or the stage that owns the key), or validate "
                                 "with the same --set it was made with")

@@ -253,3 +253,15 @@ def test_a_violation_shows_its_baseline_and_the_change(project):
     text = table(check(project / "report.json", project / "gates.yaml")[0])
     row = next(line.split() for line in text.splitlines() if "min_accuracy" in line)
     assert row == ["tflite_out/m.int8.tflite", "min_accuracy", "0.8900", "0.8500", "0.9000", "-0.0500"]
+
+
+@pytest.mark.bad_input("tampered verdicts")
+def test_a_shipped_file_without_records_down_to_its_trained_model_fails(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    e = entry(Path(f"tflite_out/{PARAMS.name}.int8.tflite"), 0.9, 0.91)  # the config's own name, a bare record
+    write_json(tmp_path / "report.json", make_report(PARAMS, tiny_dataset(), [e]))
+    update_gates(tmp_path / "report.json", tmp_path / "gates.yaml", MARGINS, "test")
+    found = check(tmp_path / "report.json", tmp_path / "gates.yaml")[0]
+    assert [(v.gate, v.value, v.kind) for v in found] == [("records", "incomplete or missing", "records")]

@@ -188,9 +188,10 @@ def test_extends_to_a_system_file_never_quotes_it(tmp_path):
     ("train.learning_rate=" + "9" * 400, r"train\.learning_rate: expected float"),
     ("data.channels=true", r"data\.channels: expected one of 1, 3"),
     ("data.channels=1.0", r"data\.channels: expected one of 1, 3"),
+    ("convert.formats=[int8, int8]", r"convert\.formats: names a format twice"),
 ], ids=["negative seed", "huge seed", "epochs 1e20", "huge epochs", "huge width", "huge depth", "threads",
         "frequency", "CJK name", "long name", "alias in --set", "bad int tag", "int too big for a float",
-        "bool as a choice", "float as a choice"])
+        "bool as a choice", "float as a choice", "format twice"])
 def test_absurd_numbers_are_refused_with_the_range(override, message):
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", [override])

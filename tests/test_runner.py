@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, SMOKE, fails_cleanly, new_project, run_cli, snapshot
 from pipeline import architectures
 from pipeline.convert import to_tflite
-from pipeline.runner import CHILD_PREFIX, project_lock, sweep_leftovers
+from pipeline.errors import PipelineError
+from pipeline.runner import CHILD_PREFIX, child_tempdir, project_lock, sweep_leftovers
 from pipeline.tf import keras
 
 HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.runner import project_lock\n" \
@@ -73,14 +74,27 @@ def test_a_killed_validate_takes_its_litert_child_with_it_and_the_next_run_sweep
 
 
 def test_the_sweep_removes_the_folders_of_dead_runs_only():
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = Path(tempfile.mkdtemp(prefix=f"{CHILD_PREFIX}{finished.stdout.strip()}-"))
-    alive = Path(tempfile.mkdtemp(prefix=f"{CHILD_PREFIX}{os.getpid()}-"))
-    try:
+    code = "import time; from pipeline.runner import child_tempdir\nwith child_tempdir() as d:\n" \
+           "    print(d, flush=True); time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    dead = Path(holder.stdout.readline().strip())
+    with child_tempdir() as alive:
+        holder.kill()
+        holder.wait()
+        assert dead.exists()  # killed: it could not clean up
         sweep_leftovers()
-        assert not dead.exists() and alive.exists()
-    finally:
-        alive.rmdir()
+        assert not dead.exists() and Path(alive).exists()
+
+
+@pytest.mark.bad_input("concurrent runs")
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    (tmp_path / "precious").write_text("precious")
+    (tmp_path / ".mobiledeploy.lock").symlink_to(tmp_path / "precious")
+    with pytest.raises(PipelineError, match="cannot open the run lock"):
+        with project_lock(tmp_path):
+            pass
+    assert (tmp_path / "precious").read_text() == "precious"
 
 
 @pytest.mark.e2e
