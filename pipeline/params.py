@@ -84,12 +84,14 @@ class DataParams:
         _check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
                "val_fraction + test_fraction must leave some training data")
         if self.image_size is not None:
-            _check(len(self.image_size) == 2, "data.image_size", f"must be [height, width], got {short(self.image_size)}")
+            _check(len(self.image_size) == 2, "data.image_size",
+                   f"must be [height, width], got {short(self.image_size)}")
         if self.tasks is not None:
             _check(self.source == "multifashion", "data.tasks", "only a multi-task source (multifashion) has tasks")
             _check(len(self.tasks) > 0 and set(self.tasks) <= set(MULTIFASHION_TASKS)
                    and len(set(self.tasks)) == len(self.tasks), "data.tasks",
-                   f"must be null or a list of distinct tasks among {', '.join(MULTIFASHION_TASKS)}; got {short(self.tasks)}")
+                   f"must be null or a list of distinct tasks among {', '.join(MULTIFASHION_TASKS)}; "
+                   f"got {short(self.tasks)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +187,8 @@ class ConvertParams:
         _check(len(self.formats) > 0, "convert.formats", f"must name at least one of {', '.join(FORMATS)}")
         for fmt in self.formats:
             _check(fmt in FORMATS, "convert.formats", f"unknown format {short(fmt)}; known: {', '.join(FORMATS)}")
-        _check(len(set(self.formats)) == len(self.formats), "convert.formats", f"names a format twice: {short(self.formats)}")
+        _check(len(set(self.formats)) == len(self.formats), "convert.formats",
+               f"names a format twice: {short(self.formats)}")
 
 
 @dataclasses.dataclass(frozen=True)

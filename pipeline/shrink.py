@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from . import litert
-from .artifacts import OUT_DIR, file_hash, make_record, model_stem, place, reuse_if_current, trained_path, write_bytes, \
-    write_text
+from .artifacts import OUT_DIR, file_hash, make_record, model_stem, place, reuse_if_current, trained_path, \
+    write_bytes, write_text
 from .compare import scatter_png
 from .convert import representative_data, to_tflite
 from .data import Dataset
