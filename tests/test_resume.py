@@ -18,9 +18,12 @@ TRAIN = ("train", *SMOKE, "--set", "train.epochs=6")
 
 def start_and_signal(project, sig, when="Epoch 4/"):
     """Start a training run and send it ``sig`` as epoch 4 begins (epochs 1-3 are complete)."""
+    # the default disposition of SIGINT, whatever the test runner's worker has: Python installs its
+    # Ctrl-C handler only over the default
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *TRAIN], cwd=project, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:
         seen.append(line)
