@@ -2,7 +2,7 @@
 
 TF-MOT 0.8 works only with Keras 2 (``tf_keras``). TensorFlow reads ``TF_USE_LEGACY_KERAS`` once,
 when it is first imported, so the switch is set here, before any module of this package can import
-TensorFlow; :mod:`pipeline.tf` refuses to go on if TensorFlow was imported earlier with Keras 3.
+TensorFlow; :mod:`pipeline.core.framework` refuses to go on if TensorFlow was imported earlier with Keras 3.
 """
 
 import os

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import click
 
-from .artifacts import pruned_path, report_path, require, tflite_path, trained_path
-from .errors import PipelineError, short
-from .params import load_params, param_files
-
+from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_path
+from .core.errors import PipelineError, short
+from .core.params import load_params, param_files
 
 # Commands that only read the project: they run beside a stage without taking its lock.
 READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
@@ -22,7 +21,7 @@ READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
 def stage_options(fn):
     """--params, --set and --debug for every command; errors become one line and exit status 1.
 
-    Every command runs inside the stage runner (:mod:`pipeline.runner`): SIGTERM unwinds like Ctrl-C,
+    Every command runs inside the stage runner (:mod:`pipeline.core.runner`): SIGTERM unwinds like Ctrl-C,
     and a command that writes into the project holds the project folder's lock."""
 
     @click.option("--params", "params_file", default="params.yaml", show_default=True,
@@ -33,10 +32,10 @@ def stage_options(fn):
     @click.option("--verbose", is_flag=True, help="Also show TensorFlow's start-up lines and converter output.")
     @functools.wraps(fn)
     def wrapper(params_file, overrides, debug, verbose, **kwargs):
-        from .runner import Terminated, project_lock, sigterm_as_interrupt, sweep_leftovers
+        from .core.runner import Terminated, project_lock, sigterm_as_interrupt, sweep_leftovers
 
         if verbose:
-            os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.tf when TensorFlow is imported
+            os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.core.framework when TensorFlow is imported
 
         try:
             with sigterm_as_interrupt():
@@ -88,7 +87,7 @@ def data(params, **_):
 @stage_options
 def train(params, **_):
     """Train the architecture named in params; keep the best epoch by validation accuracy."""
-    from .train import train as run
+    from .stages.train import train as run
 
     run(params)
 
@@ -98,7 +97,7 @@ def train(params, **_):
 @stage_options
 def prune(params, model_path, **_):
     """Magnitude-prune with TF-MOT, fine-tune, strip the masks; write the pruned model."""
-    from .prune import prune as run
+    from .stages.prune import prune as run
 
     run(params, model_path)
 
@@ -108,7 +107,7 @@ def prune(params, model_path, **_):
 @stage_options
 def shrink(params, model_path, **_):
     """Structured pruning: remove channels in rounds with fine-tuning; write models/<name>.shrunk.keras."""
-    from .shrink import shrink as run
+    from .stages.shrink import shrink as run
 
     run(params, model_path)
 
@@ -118,7 +117,7 @@ def shrink(params, model_path, **_):
 @stage_options
 def sensitivity(params, model_path, **_):
     """Validation accuracy after removing 10-75% of each layer's channels alone, without retraining."""
-    from .shrink import sensitivity_report
+    from .studies.sensitivity import sensitivity_report
 
     sensitivity_report(params, model_path)
 
@@ -127,7 +126,7 @@ def sensitivity(params, model_path, **_):
 @stage_options
 def prune_compare(params, **_):
     """Unpruned, magnitude, structured, structured + magnitude and one-shot pruning, all int8, in one table."""
-    from .prune_compare import prune_compare as run
+    from .studies.prune_compare import prune_compare as run
 
     run(params)
 
@@ -137,7 +136,7 @@ def prune_compare(params, **_):
 @stage_options
 def convert(params, model_path, **_):
     """Convert the trained and pruned models (or --model) to the TFLite formats in params."""
-    from .convert import convert as run
+    from .stages.convert import convert as run
 
     run(params, model_path)
 
@@ -147,7 +146,7 @@ def convert(params, model_path, **_):
 @stage_options
 def validate(params, model_path, **_):
     """Run this config's .tflite files (or those from --model) in LiteRT; write <name>.report.json/.md."""
-    from .validate import validate as run
+    from .stages.validate import validate as run
 
     run(params, model_path)
 
@@ -163,7 +162,8 @@ def validate(params, model_path, **_):
 @stage_options
 def check(params, report, gates_path, update, recompute, params_file, overrides, **_):
     """Fail (exit 1, with a table) if the report breaks any gate, or no longer describes the files."""
-    from .check import check as run, recomputer, table, update_gates
+    from .stages.check import check as run
+    from .stages.check import recomputer, table, update_gates
 
     gates_path = gates_path or Path(params.check.gates)
     report = report or report_path(params.name)
@@ -195,7 +195,8 @@ def check(params, report, gates_path, update, recompute, params_file, overrides,
 @click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
 def diff(old, new):
     """Old, new and delta per metric and artefact of two validation reports (e.g. main's and yours)."""
-    from .report import diff as compare, load_report
+    from .export.report import diff as compare
+    from .export.report import load_report
 
     try:
         click.echo(compare(load_report(old), load_report(new)))
@@ -210,8 +211,8 @@ def diff(old, new):
 @stage_options
 def summary(params, model_path, untrained, **_):
     """Per-layer output shape, parameters, MACs and zero weights, with totals."""
-    from .costs import model_costs, summary_table
-    from .keras_io import load_model
+    from .core.keras_io import load_model
+    from .export.costs import model_costs, summary_table
 
     if untrained:
         from .architectures import build
@@ -230,7 +231,7 @@ def summary(params, model_path, untrained, **_):
 @stage_options
 def keys(params, **_):
     """Every params key with its value in this config and what it accepts (type, choices, range)."""
-    from .params import key_table
+    from .core.params import key_table
 
     rows = [("key", "value", "accepts")] + key_table(params)
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
@@ -252,7 +253,7 @@ def architectures():
 @stage_options
 def zoo(params, **_):
     """Train every variant in params zoo.variants with the same budget; compare costs and accuracy."""
-    from .zoo import zoo as run
+    from .studies.zoo import zoo as run
 
     run(params)
 
@@ -261,7 +262,7 @@ def zoo(params, **_):
 @stage_options
 def mtl_compare(params, **_):
     """Single-task baselines, hard and soft sharing (L2, trace norm), uncertainty weighting: one table."""
-    from .mtl import mtl_compare as run
+    from .studies.mtl_compare import mtl_compare as run
 
     run(params)
 
@@ -272,7 +273,7 @@ def mtl_compare(params, **_):
 def samples(params, count, **_):
     """A PNG grid of training images with their labels (one per task), to look at the data."""
     from .data import load_dataset
-    from .pictures import samples as run
+    from .studies.pictures import samples as run
 
     if not 1 <= count <= 200:
         raise PipelineError(f"--count {count}: draw between 1 and 200 images")
@@ -286,7 +287,7 @@ def samples(params, count, **_):
 def pictures(params, model_path, index, **_):
     """PNGs of the first convolution's filters and of a test image's feature maps after each stage."""
     from .data import load_dataset
-    from .pictures import pictures as run
+    from .studies.pictures import pictures as run
 
     path = model_path or require(trained_path(params.name), "mobiledeploy train")
     data = load_dataset(params.data, params.seed)

@@ -2,18 +2,19 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import tiny_dataset
-from pipeline import architectures, litert
+
+from pipeline import architectures
 from pipeline.architectures import blocks
-from pipeline.convert import representative_data, to_tflite
-from pipeline.costs import model_costs, totals
-from pipeline.errors import PipelineError
-from pipeline.keras_io import load_model, save_model
-from pipeline.params import PruneParams
-from pipeline.prune import prune_model
-from pipeline.tf import keras
-from pipeline.train import compile_for_training, predict_labels, seed_everything
+from pipeline.compression.magnitude import prune_model
+from pipeline.core.errors import PipelineError
+from pipeline.core.framework import keras
+from pipeline.core.keras_io import load_model, save_model
+from pipeline.core.params import PruneParams
+from pipeline.export import litert
+from pipeline.export.costs import model_costs, totals
+from pipeline.export.tflite import representative_data, to_tflite
+from pipeline.training.fit import compile_for_training, predict_labels, seed_everything
 
 BLOCKS = {
     "conv": lambda x, s: blocks.conv_block(x, 6, 3, "b", s),
@@ -133,8 +134,9 @@ def test_every_architecture_prunes_and_converts_to_full_integer(name, tmp_path):
 
 
 def test_models_are_keras_2_models_that_tf_keras_and_tfmot_accept():
-    from pipeline.tf import tf
     import tf_keras
+
+    from pipeline.core.framework import tf
 
     model = architectures.build("tiny", (12, 12, 1), 3)
     assert isinstance(model, tf_keras.Model)
@@ -148,6 +150,6 @@ def test_keras_3_loaded_before_the_pipeline_is_refused():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    code = "import tensorflow as tf; tf.keras.layers; import pipeline.tf"
+    code = "import tensorflow as tf; tf.keras.layers; import pipeline.core.framework"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0 and "imported with Keras 3" in proc.stderr

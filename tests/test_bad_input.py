@@ -3,15 +3,16 @@
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import ROOT, SMOKE, fails_cleanly, run_cli, snapshot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from pipeline import architectures
-from pipeline.convert import to_tflite
-from pipeline.errors import PipelineError
-from pipeline.keras_io import load_model, save_model
-from pipeline.params import ParamsError, load_params
-from pipeline.tf import keras, tf
+from pipeline.core.errors import PipelineError
+from pipeline.core.framework import keras, tf
+from pipeline.core.keras_io import load_model, save_model
+from pipeline.core.params import ParamsError, load_params
+from pipeline.export.tflite import to_tflite
 
 KEYS = ["name", "seed", "data.source", "data.val_fraction", "data.image_size", "data.channels", "data.limit_train",
         "model.architecture", "model.width", "model.dropout", "model.options",
@@ -129,7 +130,7 @@ def test_validate_refuses_an_unsafe_parent_named_by_a_record(copy_of_smoke, monk
     marker.unlink()
     record = copy_of_smoke / "tflite_out" / "smoke.int8.tflite.json"
     record.write_text(record.read_text().replace('"models/smoke.keras"', '"evil.h5"'))
-    from pipeline.validate import validate
+    from pipeline.stages.validate import validate
 
     monkeypatch.chdir(copy_of_smoke)
     with pytest.raises(PipelineError, match="evil.h5: refused, not loaded"):

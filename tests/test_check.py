@@ -6,13 +6,13 @@ import math
 
 import pytest
 import yaml
-
 from conftest import ROOT, tiny_dataset
-from pipeline.artifacts import file_hash, write_json
-from pipeline.check import check, gates_from_report, load_gates, update_gates, violations
-from pipeline.errors import PipelineError
-from pipeline.params import CheckParams, load_params
-from pipeline.report import load_report, make_report
+
+from pipeline.core.artifacts import file_hash, write_json
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import CheckParams, load_params
+from pipeline.export.report import load_report, make_report
+from pipeline.stages.check import check, gates_from_report, load_gates, update_gates, violations
 
 MARGINS = CheckParams(accuracy_margin=0.01, drop_margin=0.005, size_margin=0.05)
 PARAMS = load_params(ROOT / "params.yaml")
@@ -195,7 +195,7 @@ def test_margins_leave_room_for_noise():
 @pytest.mark.parametrize("config", [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))],
                          ids=lambda p: p.name)
 def test_each_committed_gates_file_was_made_with_its_configs_current_params(config):
-    from pipeline.report import bound_params
+    from pipeline.export.report import bound_params
 
     params = load_params(config)
     gates = ROOT / params.check.gates
@@ -232,7 +232,7 @@ def test_the_params_of_a_report_are_checked_against_the_records_behind_its_files
 
 
 def test_diff_shows_old_new_and_delta_per_metric_and_names_what_differs(project):
-    from pipeline.report import diff
+    from pipeline.export.report import diff
 
     old = load_report(project / "report.json")
     new = copy.deepcopy(old)
@@ -247,7 +247,7 @@ def test_diff_shows_old_new_and_delta_per_metric_and_names_what_differs(project)
 
 
 def test_a_violation_shows_its_baseline_and_the_change(project):
-    from pipeline.check import table
+    from pipeline.stages.check import table
 
     edit_report(project, lambda r: r["artefacts"][0].update(accuracy=0.85))  # was 0.90 when the gates were written
     text = table(check(project / "report.json", project / "gates.yaml")[0])

@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SMOKE, fails_cleanly, new_project, run_cli, snapshot
-from pipeline.artifacts import atomic_path
+
+from pipeline.core.artifacts import atomic_path
 
 FORMATS = {"float32", "float16", "dynamic_int8", "int8"}
 

@@ -1,5 +1,5 @@
-from pipeline.costs import model_costs, summary_table, totals
-from pipeline.tf import keras
+from pipeline.core.framework import keras
+from pipeline.export.costs import model_costs, summary_table, totals
 
 
 def test_macs_and_params_match_hand_arithmetic():

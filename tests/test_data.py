@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import DataParams
 from pipeline.data import fashion_mnist, load_dataset, split_train_val
 from pipeline.data.fashion_mnist import FILES, IMAGES_MAGIC, LABELS_MAGIC
-from pipeline.errors import PipelineError
-from pipeline.params import DataParams
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

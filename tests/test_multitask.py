@@ -5,18 +5,19 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import fails_cleanly, new_project, run_cli
-from pipeline import architectures, litert
-from pipeline.check import gates_from_report, violations
-from pipeline.convert import representative_data, to_tflite
+
+from pipeline import architectures
+from pipeline.compression.magnitude import prune_model
+from pipeline.core.framework import keras, tf
+from pipeline.core.params import CheckParams, PruneParams, TrainParams
 from pipeline.data import Dataset, fingerprint
 from pipeline.data.multifashion import CANVAS, ITEM, SHIFT, compose, load_multifashion
-from pipeline.multitask import MultiTaskTrainer, sharing_penalty, tower_groups, trace_norm
-from pipeline.params import CheckParams, PruneParams, TrainParams
-from pipeline.prune import prune_model
-from pipeline.tf import keras, tf
-from pipeline.train import predict_labels
+from pipeline.export import litert
+from pipeline.export.tflite import representative_data, to_tflite
+from pipeline.stages.check import gates_from_report, violations
+from pipeline.training.fit import predict_labels
+from pipeline.training.multitask import MultiTaskTrainer, sharing_penalty, tower_groups, trace_norm
 
 TASKS = ("top_left", "bottom_right")
 
@@ -161,9 +162,9 @@ def test_multi_output_model_prunes_and_converts_keeping_task_names(tmp_path):
 
 @pytest.mark.e2e
 def test_structured_rounds_on_a_multi_task_model_track_each_task_and_keep_both_heads():
-    from pipeline.params import StructuredParams
-    from pipeline.shrink import history_markdown
-    from pipeline.structured import iterate
+    from pipeline.compression.channels.search import iterate
+    from pipeline.core.params import StructuredParams
+    from pipeline.stages.shrink import history_markdown
 
     data = multi_data()
     keras.utils.set_random_seed(0)
@@ -253,8 +254,8 @@ def test_bad_multi_task_params_are_refused_naming_the_key(tmp_path, override, me
 
 
 def test_pruning_fine_tunes_a_soft_sharing_model_with_its_penalty():
-    from pipeline.prune import make_schedule, wrap_for_pruning
-    from pipeline.train import fit_target
+    from pipeline.compression.magnitude import make_schedule, wrap_for_pruning
+    from pipeline.training.fit import fit_target
 
     model = soft_model()
     wrapped = wrap_for_pruning(model, make_schedule(PruneParams(), steps_per_epoch=10))
@@ -270,7 +271,7 @@ def test_pruning_fine_tunes_a_soft_sharing_model_with_its_penalty():
 
 @pytest.mark.parametrize("sharing", ["hard", "soft"])
 def test_multi_task_models_pass_the_safe_loader_in_both_formats(sharing, tmp_path):
-    from pipeline.keras_io import load_model
+    from pipeline.core.keras_io import load_model
 
     model = architectures.build("tiny", (12, 12, 1), 3, width=4, options={"sharing": sharing}, tasks=TASKS)
     for name in ("m.keras", "m.h5"):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import ParamsError, load_params
+from pipeline.core.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ def test_extends_to_a_system_file_never_quotes_it(tmp_path):
 
 
 def test_every_numeric_key_has_a_documented_range():
-    from pipeline.params import key_table
+    from pipeline.core.params import key_table
 
     for key, value, accepts in key_table(load_params(ROOT / "params.yaml")):
         if key == "prune.sparsity_m_by_n":  # exactly [2, 4] or null
@@ -207,7 +207,7 @@ def test_a_path_with_a_nul_byte_or_a_symlink_loop_is_refused(tmp_path):
 
 
 def test_the_code_defaults_are_the_params_file():
-    from pipeline.params import Params
+    from pipeline.core.params import Params
 
     # params.yaml documents every default; what a library call gets without a file must be the same
     assert Params() == load_params(ROOT / "params.yaml")

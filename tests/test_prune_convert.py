@@ -2,14 +2,15 @@
 
 import numpy as np
 import pytest
-
 from conftest import tiny_dataset
-from pipeline import architectures, litert
-from pipeline.convert import representative_data, to_tflite
-from pipeline.costs import model_costs, totals
-from pipeline.params import PruneParams
-from pipeline.prune import make_schedule, prune_model
-from pipeline.train import compile_for_training, predict_labels
+
+from pipeline import architectures
+from pipeline.compression.magnitude import make_schedule, prune_model
+from pipeline.core.params import PruneParams
+from pipeline.export import litert
+from pipeline.export.costs import model_costs, totals
+from pipeline.export.tflite import representative_data, to_tflite
+from pipeline.training.fit import compile_for_training, predict_labels
 
 DATA = tiny_dataset()
 
@@ -42,8 +43,8 @@ def test_stripped_model_gives_the_pruned_models_outputs(trained):
 
 
 def test_pruning_starts_from_every_trained_weight_and_leaves_the_trained_model_alone(trained):
-    from pipeline.prune import wrap_for_pruning
-    from pipeline.tf import tfmot
+    from pipeline.compression.magnitude import wrap_for_pruning
+    from pipeline.core.framework import tfmot
 
     before = [w.copy() for w in trained.get_weights()]
     later = tfmot.sparsity.keras.ConstantSparsity(0.9, begin_step=10**6)
@@ -103,7 +104,7 @@ def test_two_by_four_sparsity_leaves_two_zeros_in_every_block_of_four_input_chan
 
 
 def test_the_xnnpack_policy_refuses_a_model_it_cannot_run_sparse_saying_why(trained):
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, policy="xnnpack")
     with pytest.raises(PipelineError, match="does not fit XNNPACK sparse inference: .*Conv2D 3x3.*stride 2x2"):

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SMOKE, new_project, run_cli, snapshot
-from pipeline.keras_io import load_model
+
+from pipeline.core.keras_io import load_model
 
 TRAIN = ("train", *SMOKE, "--set", "train.epochs=6")
 
@@ -97,15 +97,15 @@ def test_a_stage_with_unchanged_inputs_and_params_does_not_redo_its_work(uninter
 
 
 def test_a_stage_key_covers_the_code_it_imports_and_nothing_else(tmp_path):
-    from pipeline.code import code_hash
+    from pipeline.core.code import code_hash
 
     package = tmp_path / "pipeline"
     shutil.copytree(ROOT / "pipeline", package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_hash("pipeline.train", package)
-    with open(package / "zoo.py", "a") as f:  # a study: training does not import it
+    before = code_hash("pipeline.stages.train", package)
+    with open(package / "studies" / "zoo.py", "a") as f:  # a study: training does not import it
         f.write("\n# an edit\n")
-    assert code_hash("pipeline.train", package) == before
+    assert code_hash("pipeline.stages.train", package) == before
     with open(package / "data" / "folder.py", "a") as f:  # imported (lazily) by the data loader training uses
         f.write("\n# an edit\n")
-    assert code_hash("pipeline.train", package) != before
-    assert code_hash("pipeline.zoo", package) != code_hash("pipeline.zoo", ROOT / "pipeline")
+    assert code_hash("pipeline.stages.train", package) != before
+    assert code_hash("pipeline.studies.zoo", package) != code_hash("pipeline.studies.zoo", ROOT / "pipeline")

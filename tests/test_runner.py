@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SMOKE, fails_cleanly, new_project, run_cli, snapshot
-from pipeline import architectures
-from pipeline.convert import to_tflite
-from pipeline.errors import PipelineError
-from pipeline.runner import CHILD_PREFIX, child_tempdir, project_lock, sweep_leftovers
-from pipeline.tf import keras
 
-HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.runner import project_lock\n" \
+from pipeline import architectures
+from pipeline.core.errors import PipelineError
+from pipeline.core.framework import keras
+from pipeline.core.runner import CHILD_PREFIX, child_tempdir, project_lock, sweep_leftovers
+from pipeline.export.tflite import to_tflite
+
+HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.core.runner import project_lock\n" \
             "with project_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"
 
 
@@ -74,7 +74,7 @@ def test_a_killed_validate_takes_its_litert_child_with_it_and_the_next_run_sweep
 
 
 def test_the_sweep_removes_the_folders_of_dead_runs_only():
-    code = "import time; from pipeline.runner import child_tempdir\nwith child_tempdir() as d:\n" \
+    code = "import time; from pipeline.core.runner import child_tempdir\nwith child_tempdir() as d:\n" \
            "    print(d, flush=True); time.sleep(600)\n"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})

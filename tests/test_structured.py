@@ -5,13 +5,15 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_dataset
+
 from pipeline import architectures
-from pipeline.costs import model_costs, totals
-from pipeline.errors import PipelineError
-from pipeline.structured import ChannelGraph, choose, rank, remove_channels
-from pipeline.tf import keras
+from pipeline.compression.channels.graph import ChannelGraph
+from pipeline.compression.channels.ranking import rank
+from pipeline.compression.channels.surgery import choose, remove_channels
+from pipeline.core.errors import PipelineError
+from pipeline.core.framework import keras
+from pipeline.export.costs import model_costs, totals
 
 DATA = tiny_dataset(n=120, size=12)
 
@@ -111,7 +113,7 @@ def test_global_choice_removes_the_requested_share_and_keeps_one_channel_per_lay
 
 
 def test_per_layer_fractions_override_the_share_of_the_named_layers_only():
-    from pipeline.structured import layer_fractions
+    from pipeline.compression.channels.surgery import layer_fractions
 
     model = built("plain_cnn")
     spaces = {name: space for space in ChannelGraph(model).prunable() for name in space.producers}
@@ -125,7 +127,7 @@ def test_per_layer_fractions_override_the_share_of_the_named_layers_only():
 
 
 def test_widths_are_rounded_down_to_whole_channel_blocks():
-    from pipeline.structured import kept_width
+    from pipeline.compression.channels.surgery import kept_width
 
     assert [kept_width(64, 0.25, 16), kept_width(48, 0.25, 16), kept_width(32, 0.25, 16)] == [48, 32, 16]
     assert kept_width(16, 0.25, 16) == 16 and kept_width(12, 0.5, 16) == 12  # at one block or below: left alone
@@ -137,7 +139,7 @@ def test_widths_are_rounded_down_to_whole_channel_blocks():
 
 
 def trained(name="plain_cnn"):
-    from pipeline.train import compile_for_training
+    from pipeline.training.fit import compile_for_training
 
     model = built(name)
     compile_for_training(model, 3e-3)
@@ -147,7 +149,7 @@ def trained(name="plain_cnn"):
 
 @pytest.mark.e2e
 def test_sensitivity_reports_each_layer_at_each_ratio_without_retraining():
-    from pipeline.structured import sensitivity
+    from pipeline.compression.channels.search import sensitivity
 
     model = trained()
     base, rows = sensitivity(model, DATA, "l1", ratios=(0.25, 0.75))
@@ -157,7 +159,7 @@ def test_sensitivity_reports_each_layer_at_each_ratio_without_retraining():
 
 
 def structured_params(**kw):
-    from pipeline.params import StructuredParams
+    from pipeline.core.params import StructuredParams
 
     return StructuredParams(**{"finetune_epochs": 1, "batch_size": 32, "fraction": 0.2, "channel_multiple": 1,
                                "target": "macs", **kw})
@@ -165,8 +167,8 @@ def structured_params(**kw):
 
 @pytest.mark.e2e
 def test_the_accuracy_budget_stops_the_rounds_and_the_kept_model_is_within_it():
-    from pipeline.params import TrainParams
-    from pipeline.structured import iterate, val_accuracy
+    from pipeline.compression.channels.search import iterate, val_accuracy
+    from pipeline.core.params import TrainParams
 
     model = trained()
     s = structured_params(fraction=0.6, max_rounds=4, accuracy_budget=0.0, learning_rate=1e-9, target_ratio=0.01)
@@ -178,7 +180,7 @@ def test_the_accuracy_budget_stops_the_rounds_and_the_kept_model_is_within_it():
 
 
 def test_on_a_multi_task_model_one_task_may_not_pay_for_the_other():
-    from pipeline.structured import within_budget
+    from pipeline.compression.channels.search import within_budget
 
     start = {"val_tasks": {"a": 0.90, "b": 0.80}}
     assert within_budget(start, {"val_tasks": {"a": 0.895, "b": 0.795}}, 0.01)
@@ -189,8 +191,8 @@ def test_on_a_multi_task_model_one_task_may_not_pay_for_the_other():
 
 @pytest.mark.e2e
 def test_the_rounds_stop_once_the_target_is_reached():
-    from pipeline.params import TrainParams
-    from pipeline.structured import iterate
+    from pipeline.compression.channels.search import iterate
+    from pipeline.core.params import TrainParams
 
     model = trained()
     s = structured_params(fraction=0.3, max_rounds=5, accuracy_budget=0.99, target="params", target_ratio=0.6)

@@ -4,10 +4,8 @@ import json
 import re
 
 import pytest
-
-from PIL import Image
-
 from conftest import SMOKE, fails_cleanly, new_project, run_cli, snapshot
+from PIL import Image
 
 VARIANTS = ["tiny", "plain_cnn_strided"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ stage downsamples when its pooling is ``strided``.
 
 from __future__ import annotations
 
-from ..tf import keras
+from ..core.framework import keras
 
 L = keras.layers
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import short
+from ..core.errors import short
 from . import register
 
 MAX_WIDTH = 512  # filters in the first stage
@@ -70,7 +70,7 @@ def cnn(input_shape, num_classes: int, *, name: str, dropout: float, width: int,
     """The network; with ``tasks``, one softmax head per task (named after it) and a dict output:
     ``sharing="hard"`` puts every head on one trunk, ``"soft"`` gives each task a tower of its own
     (layers prefixed ``<task>_``)."""
-    from ..tf import keras
+    from ..core.framework import keras
     from .blocks import bottleneck_block, conv_block, inverted_residual_block, pool, separable_block
 
     make = {

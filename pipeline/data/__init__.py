@@ -11,8 +11,8 @@ import hashlib
 
 import numpy as np
 
-from ..errors import PipelineError
-from ..params import DataParams
+from ..core.errors import PipelineError
+from ..core.params import DataParams
 
 # Fewest examples of each class (of each task) a split may hold; fewer is refused, naming the class.
 # A class absent from training cannot be learnt, and one absent from validation or test cannot be scored.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 
 ENV_VAR = "FASHION_MNIST_DIR"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -83,7 +83,7 @@ def read_directory(directory: Path) -> dict[str, np.ndarray]:
 
 
 def _download_with_keras() -> bool:
-    from ..tf import keras
+    from ..core.framework import keras
 
     try:
         keras.datasets.fashion_mnist.load_data()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PipelineError
-from ..params import DataParams
+from ..core.errors import PipelineError
+from ..core.params import DataParams
 
 # What an image file starts with, by format: files are judged by their bytes, not their names.
 SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",),

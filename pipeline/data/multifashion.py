@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_path
-from ..params import MULTIFASHION_TASKS
+from ..core.artifacts import atomic_path
+from ..core.params import MULTIFASHION_TASKS
 from . import fingerprint
 
 TASKS = MULTIFASHION_TASKS

@@ -1,0 +1,1 @@
+"""Making models smaller: TF-MOT magnitude pruning, and channel pruning (``channels``)."""

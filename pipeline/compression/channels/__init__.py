@@ -1,0 +1,1 @@
+"""Channel (structured) pruning: the channel graph, ranking criteria, surgery, and the round-by-round search."""

@@ -1,0 +1,119 @@
+"""Channel pruning over rounds: prune, fine-tune, repeat until a target or the accuracy budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ...core.framework import keras
+from ...export.costs import model_costs, totals
+from ...training.fit import accuracy, as_dataset, fit_target, seed_everything
+from ...training.resume import keras_verbosity
+from .graph import ChannelGraph
+from .ranking import rank
+from .surgery import choose, layer_fractions, remove_channels
+
+
+def val_accuracies(model, data) -> dict[str, float]:
+    """Validation accuracy per task (``{"label": ...}`` for a single-task model)."""
+    found = accuracy(model, data.x_val, data.y_val, data.tasks)
+    return found if isinstance(found, dict) else {"label": found}
+
+
+def val_accuracy(model, data) -> float:
+    """Validation accuracy (the mean over tasks for a multi-task model)."""
+    return float(np.mean(list(val_accuracies(model, data).values())))
+
+
+def within_budget(start: dict, row: dict, budget: float) -> bool:
+    """True if no task's validation accuracy in ``row`` is more than ``budget`` below ``start``'s (history
+    rows of :func:`iterate`): on a multi-task model, one task may not pay for the other."""
+    return all(start["val_tasks"][t] - acc <= budget for t, acc in row["val_tasks"].items())
+
+
+def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> tuple[float, list[dict]]:
+    """(validation accuracy of ``model``, one row per prunable layer group and ratio): the validation
+    accuracy after removing that share of the group's channels alone, without retraining."""
+    scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    base = val_accuracy(model, data)
+    rows = []
+    for space in ChannelGraph(model).prunable():
+        for ratio in ratios:
+            narrow = remove_channels(model, choose({space.id: scores[space.id]}, ratio))
+            found = val_accuracy(narrow, data)
+            rows.append({"layers": space.producers, "channels": space.channels, "ratio": ratio,
+                         "removed": min(int(ratio * space.channels), space.channels - 1),
+                         "val_accuracy": round(found, 5), "drop": round(base - found, 5)})
+    return base, rows
+
+
+def finetune(model, data, s, train_p, seed: int) -> None:
+    """``s.finetune_epochs`` of training at ``s.learning_rate`` decayed along a cosine (the task
+    weighting and soft-sharing penalty of ``train_p`` apply to a multi-task model)."""
+    seed_everything(seed)
+    steps = math.ceil(len(data.x_train) / s.batch_size)
+    target = fit_target(model, data, train_p, keras.optimizers.schedules.CosineDecay(
+        s.learning_rate, steps * s.finetune_epochs))
+    target.fit(as_dataset(data.x_train, data.labels(data.y_train), s.batch_size, seed), epochs=s.finetune_epochs,
+               verbose=keras_verbosity())
+
+
+def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
+    """Prune, fine-tune, repeat: each round removes ``s.fraction`` of the remaining channels (ranked by
+    ``s.criterion``, per layer or globally; ``s.layer_fractions`` overrides the share of named layers,
+    ``s.channel_multiple`` rounds the widths) and fine-tunes. Stops when ``s.target`` (MACs, params, or
+    int8 p50 from ``latency(model)``) is at or below ``s.target_ratio`` of the start, when the
+    validation accuracy (of any task) has dropped by more than ``s.accuracy_budget``, when no channel
+    can be removed, or after ``s.max_rounds``.
+
+    Returns the last model within the budget and one history row per round (round 0: the start).
+    """
+    def measure(m, round_: int) -> dict:
+        cost = totals(model_costs(m))
+        tasks = {t: round(a, 5) for t, a in val_accuracies(m, data).items()}
+        return {"round": round_, "params": cost["params"], "macs": cost["macs"],
+                "val_accuracy": round(float(np.mean(list(tasks.values()))), 5), "val_tasks": tasks,
+                "p50_ms": latency(m)}
+
+    start = measure(model, 0)
+    history = [{**start, "within_budget": True}]
+    kept, current = model, model
+    for r in range(1, s.max_rounds + 1):
+        scores = rank(current, s.criterion, data.x_val, data.labels(data.y_val))
+        shares = layer_fractions(current, s.fraction, s.layer_fractions) if s.layer_fractions else s.fraction
+        keep = choose(scores, shares, s.scope, s.channel_multiple)
+        if all(len(keep[sid]) == len(found) for sid, found in scores.items()):
+            print(f"structured: round {r}: no layer can lose more channels at these settings; stopping", flush=True)
+            break
+        narrow = remove_channels(current, keep)
+        finetune(narrow, data, s, train_p, seed + r)
+        row = measure(narrow, r)
+        row["within_budget"] = within_budget(start, row, s.accuracy_budget)
+        history.append(row)
+        print(f"structured: round {r}: {row['params']:,} params, {row['macs']:,} MACs, val {row['val_accuracy']:.4f}, "
+              f"p50 {row['p50_ms']:.3f} ms{'' if row['within_budget'] else ' (over the accuracy budget)'}", flush=True)
+        if not row["within_budget"]:
+            break
+        kept = current = narrow
+        key = {"macs": "macs", "params": "params", "latency": "p50_ms"}[s.target]
+        if row[key] <= s.target_ratio * start[key]:
+            break
+    return kept, history
+
+
+def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = None):
+    """``model`` cut in one step to the per-layer widths of ``like`` (a model it was pruned to), keeping
+    the best channels by ``criterion`` (default ``s.criterion``), then fine-tuned for
+    ``s.finetune_epochs``: the baseline that iteration, and each criterion, are compared with."""
+    criterion = criterion or s.criterion
+    graph = ChannelGraph(model)
+    scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    keep = {}
+    for space in graph.prunable():
+        width = like.get_layer(space.producers[0]).get_weights()[0].shape[-1]
+        keep[space.id] = np.sort(np.argsort(scores[space.id], kind="stable")[space.channels - width:])
+    narrow = remove_channels(model, keep)
+    finetune(narrow, data, dataclasses.replace(s, criterion=criterion), train_p, seed)
+    return narrow

@@ -1,0 +1,96 @@
+"""TF-MOT magnitude pruning: the schedule, wrapping the prunable layers, fine-tuning, stripping."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..core.errors import PipelineError
+from ..core.framework import keras, tf, tfmot
+from ..core.params import PruneParams, TrainParams
+from ..data import Dataset
+from ..export.costs import layer_cost
+from ..training.fit import as_dataset, fit_target, seed_everything
+from ..training.resume import fit_resumable
+
+sparsity = tfmot.sparsity.keras
+
+
+def make_schedule(p: PruneParams, steps_per_epoch: int):
+    """The TF-MOT schedule from params; begin and end steps come from the fine-tuning epochs."""
+    begin, end = p.begin_epoch * steps_per_epoch, max(p.end_epoch * steps_per_epoch - 1, 1)
+    if p.schedule == "constant_sparsity":
+        return sparsity.ConstantSparsity(p.final_sparsity, begin_step=begin, end_step=end, frequency=p.frequency)
+    return sparsity.PolynomialDecay(initial_sparsity=p.initial_sparsity, final_sparsity=p.final_sparsity,
+                                    begin_step=begin, end_step=end, frequency=p.frequency)
+
+
+# Layers whose kernels magnitude pruning zeroes. TF-MOT also wraps DepthwiseConv2D but prunes none of
+# its weights, and prunes only the pointwise kernel of SeparableConv2D; other layers are left as they are.
+PRUNABLE = ("Conv2D", "Dense", "SeparableConv2D")
+
+
+def wrap_for_pruning(model, schedule, min_weights: int = 0, m_by_n: list[int] | None = None,
+                     policy: str | None = None):
+    """A copy of ``model`` with each prunable layer of at least ``min_weights`` kernel weights wrapped
+    by ``prune_low_magnitude``; smaller layers (typically the first convolution and the 1x1
+    bottleneck: few weights, much damage when pruned) stay dense.
+
+    ``m_by_n`` ([2, 4]) asks TF-MOT for structured M-by-N sparsity instead of the schedule's target:
+    at least N - M zeros in every block of N consecutive weights along the input channels.
+    ``policy="xnnpack"`` prunes only what XNNPACK's sparse inference can use, and refuses a model that
+    does not fit its requirements (TF-MOT's ``PruneForLatencyOnXNNPack``)."""
+    allow = lambda layer: True  # noqa: E731
+    if policy == "xnnpack":
+        xnnpack = sparsity.PruneForLatencyOnXNNPack()
+        try:
+            xnnpack.ensure_model_supports_pruning(model)
+        except ValueError as exc:
+            raise PipelineError(f"prune.policy xnnpack: {model.name} does not fit XNNPACK sparse inference: "
+                                f"{str(exc).strip().splitlines()[0]} (README, 'Pruning for XNNPACK')") from None
+        allow = xnnpack.allow_pruning
+    extra = {"sparsity_m_by_n": tuple(m_by_n)} if m_by_n else {}
+
+    def wrap(layer):
+        if type(layer).__name__ in PRUNABLE and layer_cost(layer).prunable >= min_weights and allow(layer):
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
+        return layer
+
+    # wrap the layers of a copy that holds the trained weights (and batch-norm statistics): every layer
+    # starts where training left it, and fine-tuning leaves the caller's model untouched
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return keras.models.clone_model(copy, clone_function=wrap)
+
+
+class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The full rate while sparsity ramps up (``hold`` steps), then a cosine to zero for recovery."""
+
+    def __init__(self, rate: float, hold: int, decay: int):
+        self.rate, self.hold, self.decay = rate, hold, max(decay, 1)
+
+    def __call__(self, step):
+        progress = tf.clip_by_value((tf.cast(step, tf.float32) - self.hold) / self.decay, 0.0, 1.0)
+        return self.rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def get_config(self):
+        return {"rate": self.rate, "hold": self.hold, "decay": self.decay}
+
+
+def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path | None = None, key: str = "",
+                train_p: TrainParams = TrainParams()):
+    """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, KeepBest).
+
+    The weights kept are those of the best validation epoch among the epochs that end at the final
+    sparsity, so the model never trades sparsity for accuracy. A multi-task model is fine-tuned with
+    the task weighting of ``train_p`` and, if it has task towers, their soft-sharing penalty.
+    """
+    seed_everything(seed)
+    steps = math.ceil(len(data.x_train) / p.batch_size)
+    wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
+    hold = p.end_epoch * steps
+    target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
+    keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), p.batch_size, seed),
+                         as_dataset(data.x_val, data.labels(data.y_val), 500), p.epochs, state_dir, key,
+                         callbacks=[sparsity.UpdatePruningStep()], first_best_epoch=p.end_epoch - 1)
+    return wrapped, sparsity.strip_pruning(wrapped), keep

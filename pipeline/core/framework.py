@@ -1,0 +1,61 @@
+"""The single place TensorFlow, Keras 2 and TF-MOT are imported from.
+
+Every model in this project is built with ``tf_keras``; importing through this module guarantees
+that ``tf.keras`` is the same Keras 2, so TF-MOT and the TFLite converter see the models they expect.
+
+TensorFlow's native start-up lines (oneDNN, CUDA stubs, a ``cuInit`` error on a machine without a
+GPU) and the converter's chatter are written by C++ straight to file descriptor 2; they are silenced
+unless ``--verbose`` (``MOBILEDEPLOY_VERBOSE=1``) asks for them. Progress and results are untouched.
+"""
+
+import contextlib
+import os
+import sys
+import warnings
+
+from .errors import PipelineError
+
+VERBOSE_ENV = "MOBILEDEPLOY_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def native_output_silenced():
+    """Within the block, what native code writes to stderr goes to /dev/null (not with --verbose),
+    and so do Python warnings; Python errors raised in the block are printed after it, as usual."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with native_output_silenced():
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    tf.config.list_physical_devices()  # device discovery (and its cuInit error) happens here, silenced
+    if not verbose():
+        tf.get_logger().setLevel("ERROR")
+
+if not tf.keras.__name__.startswith("tf_keras"):
+    raise PipelineError(
+        "TensorFlow was imported with Keras 3 before the pipeline could select Keras 2; "
+        "set TF_USE_LEGACY_KERAS=1 or import `pipeline` before `tensorflow`"
+    )
+
+__all__ = ["tf", "keras", "tfmot", "native_output_silenced"]

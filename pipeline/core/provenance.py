@@ -1,0 +1,74 @@
+"""What the records behind an artefact say it was made with, re-derived from the disk.
+
+A ``.tflite`` file's record names its Keras model; that model's record (prune, shrink) names its
+parent, down to the trained model, whose record holds the name, seed, data, model and training
+params. :func:`claimed` walks that chain and returns every params value the records commit to, so
+``validate`` can refuse files made with other params than the ones it is given (a ``--set``
+experiment is never measured as if the params file had made it) and ``check`` can compare the
+report's params with the records instead of believing the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..export.report import BOUND, flatten
+from .artifacts import read_record
+
+MAX_CHAIN = 8  # tflite -> pruned -> shrunk -> trained is 4; more means a loop or a hand-made chain
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, a folder we may not enter
+        return False
+
+
+def chain(path: Path) -> tuple[dict[str, tuple[Any, str]], bool]:
+    """(claims, complete): flattened params key -> (value, the record that says so), for the bound
+    params (see :data:`pipeline.export.report.BOUND`; ``data.dir`` left out) that the records behind ``path``
+    commit to, the record nearest to ``path`` winning where two say the same key; and whether the
+    chain of records reaches a trained model's record (within MAX_CHAIN links)."""
+    claims: dict[str, tuple[Any, str]] = {}
+    current: Path | None = path
+    for _ in range(MAX_CHAIN):
+        if current is None:
+            break
+        record = read_record(current) if _is_file(current) else None
+        if not record:
+            break
+        used = record.get("params") if isinstance(record.get("params"), dict) else {}
+        found: dict[str, Any] = {}
+        if record.get("stage") == "convert":
+            if "representative_samples" in used:
+                found["convert.representative_samples"] = used["representative_samples"]
+            if isinstance(used.get("data"), dict):
+                found.update(flatten({"data": used["data"]}))
+            parent = record.get("keras_model")
+        else:  # train, prune, shrink: their params are sections of the params file
+            found.update(flatten({k: v for k, v in used.items() if k in BOUND}))
+            if record.get("stage") == "train" and record.get("seed") is not None:
+                found["seed"] = record["seed"]
+            parent = record.get("parent")
+        source = f"{current}.json"
+        for key, value in found.items():
+            if not key.startswith("data.dir"):
+                claims.setdefault(key, (value, source))
+        if record.get("stage") == "train":
+            return claims, True
+        current = Path(parent) if isinstance(parent, str) and parent else None
+    return claims, False
+
+
+def claimed(path: Path) -> dict[str, tuple[Any, str]]:
+    """The params the records behind ``path`` commit to (see :func:`chain`); empty without records."""
+    return chain(path)[0]
+
+
+def disagreements(path: Path, flat_params: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(key, what the records say, what ``flat_params`` says, record) for every bound key on which the
+    records behind ``path`` and the given (flattened) params differ."""
+    return [(key, value, flat_params.get(key), source) for key, (value, source) in claimed(path).items()
+            if key in flat_params and flat_params[key] != value]

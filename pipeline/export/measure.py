@@ -1,0 +1,98 @@
+"""The one function that measures a ``.tflite`` file against a dataset: per-task accuracy, agreement
+with its Keras parent, bytes, gzipped bytes and latency. ``validate`` writes what it returns into the
+report; ``check --recompute`` calls it again to re-derive the report's numbers from the files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from ..core.artifacts import file_hash, read_record
+from ..core.errors import PipelineError
+from ..core.params import FORMATS, Params
+from ..data import Dataset
+from . import litert
+from .costs import model_costs, totals
+
+
+def parse_name(path: Path) -> tuple[str, str]:
+    """``<model>.<format>.tflite`` -> (model, format)."""
+    stem = path.name.removesuffix(".tflite")
+    model, _, fmt = stem.rpartition(".")
+    return (model, fmt) if model and fmt in FORMATS else (stem, "unknown")
+
+
+class KerasParents:
+    """Keras predictions on the test set, computed once per parent model (loaded safely)."""
+
+    def __init__(self, x_test: np.ndarray):
+        self.x_test = x_test
+        self._cache: dict[str, tuple[np.ndarray, dict]] = {}
+
+    def get(self, path: str) -> tuple[np.ndarray, dict] | None:
+        if path not in self._cache:
+            if not Path(path).is_file():
+                return None
+            from ..core.keras_io import load_model
+            from ..training.fit import predict_labels
+
+            model = load_model(Path(path))
+            self._cache[path] = (predict_labels(model, self.x_test), totals(model_costs(model)))
+        return self._cache[path]
+
+
+def _by_task(labels, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Predictions keyed by task ("label" for a single-task model)."""
+    return labels if isinstance(labels, dict) else {tasks[0] if tasks else "label": labels}
+
+
+def measure(path: Path, params: Params, data: Dataset, parents: KerasParents, latency: bool = True) -> dict:
+    """One report entry for ``path``; ``latency=False`` skips the timing (``latency_ms`` is then None)."""
+    record = read_record(path) or {}
+    model, fmt = parse_name(path)
+    v = params.validate
+    threads = v.threads if latency else []
+    predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, threads, v.warmup_runs, v.latency_runs,
+                                             num_classes=data.num_classes)
+    heads = data.tasks or ("label",)
+    if sorted(predictions) != sorted(heads) and not (len(heads) == 1 and len(predictions) == 1):
+        raise PipelineError(f"{path}: outputs {', '.join(sorted(predictions))} do not match the data's "
+                            f"{'tasks ' + ', '.join(heads) if data.tasks else 'single label'}")
+    if len(heads) == 1:
+        predictions = {heads[0]: next(iter(predictions.values()))}
+    truth = {task: (data.y_test[:, i] if data.tasks else data.y_test) for i, task in enumerate(heads)}
+    parent_path = record.get("keras_model")
+    parent = parents.get(parent_path) if isinstance(parent_path, str) else None
+    keras_labels = _by_task(parent[0], data.tasks) if parent else {}
+    per_task = {}
+    for task in heads:
+        found = {"accuracy": round(float(np.mean(predictions[task] == truth[task])), 5),
+                 "keras_accuracy": None, "keras_agreement": None}
+        if parent:
+            found.update(keras_accuracy=round(float(np.mean(keras_labels[task] == truth[task])), 5),
+                         keras_agreement=round(float(np.mean(keras_labels[task] == predictions[task])), 5))
+        per_task[task] = found
+
+    def mean(key):
+        values = [t[key] for t in per_task.values()]
+        return None if None in values else round(float(np.mean(values)), 5)
+
+    blob = path.read_bytes()
+    entry = {
+        "file": path.as_posix(), "sha256": file_hash(path), "record_key": record.get("key"),
+        "model": record.get("model", model), "format": record.get("format", fmt),
+        "pruned": bool(record.get("pruned", False)), "accuracy": mean("accuracy"),
+        "keras_model": parent_path if isinstance(parent_path, str) else None, "keras_accuracy": mean("keras_accuracy"),
+        "keras_agreement": mean("keras_agreement"),
+        "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
+        "latency_ms": latencies[0] if latencies else None, "latency_by_threads": latencies,
+        "params": None, "macs": None, "sparsity": None,
+    }
+    if data.tasks:  # the headline numbers above are means over the tasks
+        entry["tasks"] = per_task
+    if parent is not None:
+        cost = parent[1]
+        entry.update(params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))
+    return entry

@@ -1,0 +1,255 @@
+"""The validation report's schema, and what binds a report to the files, data and params it judges.
+
+A report (``tflite_out/<name>.report.json``) is versioned by ``schema``. It names the test set by its
+fingerprint and size, holds the params that produced the shipped artefacts (:data:`BOUND`), and for
+each artefact the sha256 of the file and the key of the record beside it. ``check`` re-derives all
+of that from the disk before it believes a number (see :func:`file_problems`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ..core.artifacts import environment, file_hash, read_record, text_hash
+from ..core.errors import PipelineError, clip, short
+from ..core.params import Params
+from ..data import Dataset, fingerprint
+
+SCHEMA = 2
+# The params that decide what the shipped files are and how they are scored (data.dir only says where
+# the data lives: the test-set fingerprint says what it is). Latency settings and studies are left out.
+BOUND = ("name", "seed", "data", "model", "train", "prune", "convert")
+HASH = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_REPORT_BYTES = 64 << 20
+
+
+def bound_params(params: Params) -> dict[str, Any]:
+    bound = params.subset(*BOUND)
+    bound["data"] = {k: v for k, v in bound["data"].items() if k != "dir"}
+    return bound
+
+
+def params_hash(bound: dict[str, Any]) -> str:
+    return text_hash(json.dumps(bound, sort_keys=True))
+
+
+def test_set(data: Dataset) -> str:
+    """The fingerprint of the test images and labels a report scores against."""
+    return fingerprint(data.x_test, data.y_test)
+
+
+def make_report(params: Params, data: Dataset, entries: list[dict]) -> dict:
+    bound = bound_params(params)
+    return {"schema": SCHEMA, "dataset": data.source, "test_examples": len(data.y_test), "test_set": test_set(data),
+            "params": bound, "params_hash": params_hash(bound), "environment": environment(), "artefacts": entries}
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells (the first is the header) as aligned plain text."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+# what `diff` compares, per artefact: name -> how to read it from an entry
+DIFF_METRICS = {"accuracy": lambda e: e.get("accuracy"), "keras_agreement": lambda e: e.get("keras_agreement"),
+                "size_bytes": lambda e: e.get("size_bytes"), "gzip_bytes": lambda e: e.get("gzip_bytes"),
+                "p50_ms": lambda e: (e.get("latency_ms") or {}).get("p50")}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def diff(old: dict, new: dict) -> str:
+    """Old, new and delta for every metric of every artefact of two reports (per task too), with a
+    line for each difference in what they were measured on."""
+    notes = []
+    if old["test_set"] != new["test_set"]:
+        notes.append(f"the test sets differ ({old['test_examples']} and {new['test_examples']} examples)")
+    changed = params_difference(old["params"], new["params"])
+    if changed:
+        notes.append("params differ: " + ", ".join(f"{k} {short(a)} -> {short(b)}" for k, a, b in changed[:8]))
+    olds, news = ({e["file"]: e for e in r["artefacts"]} for r in (old, new))
+    rows = [("artefact", "metric", "old", "new", "delta")]
+    for file in list(dict.fromkeys([*olds, *news])):
+        a, b = olds.get(file), news.get(file)
+        if a is None or b is None:
+            rows.append((file, "(whole file)", "-" if a is None else "present", "-" if b is None else "present", ""))
+            continue
+        metrics = dict(DIFF_METRICS)
+        for task in sorted(set(a.get("tasks", {})) | set(b.get("tasks", {}))):
+            metrics[f"accuracy:{task}"] = lambda e, t=task: e.get("tasks", {}).get(t, {}).get("accuracy")
+        for name, read in metrics.items():
+            x, y = read(a), read(b)
+            delta = "" if x is None or y is None else (f"{y - x:+,}" if isinstance(x, int) and isinstance(y, int)
+                                                       else f"{y - x:+.4f}")
+            rows.append((file, name, _cell(x), _cell(y), delta))
+    return "\n".join(notes + [text_table(rows)])
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 2}} -> {"train.epochs": 2}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def params_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, ours, theirs) for every key whose value differs."""
+    a, b = flatten(ours), flatten(theirs)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a report may hold")
+
+
+def load_report(path: Path) -> dict:
+    """A report read from ``path`` and checked against the schema; PipelineError on the first problem."""
+    try:
+        if not path.is_file():
+            raise PipelineError(f"report {path} not found; it is made by `mobiledeploy validate`" if not path.exists()
+                                else f"report {path}: not a regular file")
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise PipelineError(f"report {path}: larger than {MAX_REPORT_BYTES >> 20} MiB; not a report")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"report {path}: cannot read it ({exc.__class__.__name__})") from None
+    try:
+        report = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"report {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise PipelineError(f"report {path}: {clip(str(exc), 100)}") from None
+    try:
+        problem = schema_problem(report)
+    except (RecursionError, TypeError, ValueError):
+        problem = "nested too deeply, or holds what JSON cannot hash"
+    if problem:
+        raise PipelineError(f"report {path} does not match the report schema {SCHEMA}: {problem}; re-run "
+                            "`mobiledeploy validate` to write a new one")
+    return report
+
+
+def _number(value: Any, low: float, high: float, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+
+
+def _scores_problem(where: str, scores: Any) -> str | None:
+    if not isinstance(scores, dict):
+        return f"{where}: expected an object"
+    if not _number(scores.get("accuracy"), 0, 1):
+        return f"{where}.accuracy: expected a number in [0, 1], got {short(scores.get('accuracy'))}"
+    for key in ("keras_accuracy", "keras_agreement"):
+        if scores.get(key) is not None and not _number(scores[key], 0, 1):
+            return f"{where}.{key}: expected null or a number in [0, 1], got {short(scores[key])}"
+    return None
+
+
+def _entry_problem(i: int, e: Any) -> str | None:
+    where = f"artefacts[{i}]"
+    if not isinstance(e, dict):
+        return f"{where}: expected an object"
+    if not isinstance(e.get("file"), str) or not 0 < len(e["file"]) <= 4096:
+        return f"{where}.file: expected a path (at most 4096 characters)"
+    where = f"{where} ({clip(e['file'], 80)})"
+    if not isinstance(e.get("sha256"), str) or not HASH.fullmatch(e["sha256"]):
+        return f"{where}.sha256: expected 'sha256:' and 64 hex digits, got {short(e.get('sha256'))}"
+    if e.get("record_key") is not None and not isinstance(e["record_key"], str):
+        return f"{where}.record_key: expected null or a string"
+    problem = _scores_problem(where, e)
+    if problem:
+        return problem
+    for key in ("size_bytes", "gzip_bytes"):
+        if not _number(e.get(key), 1, 1 << 40, integer=True):
+            return f"{where}.{key}: expected a positive integer, got {short(e.get(key))}"
+    latency = e.get("latency_ms")
+    if not isinstance(latency, dict) or not all(_number(latency.get(k), 0, 1e7) for k in ("p50", "p90", "p99")):
+        return f"{where}.latency_ms: expected p50, p90 and p99 in ms, got {short(latency)}"
+    tasks = e.get("tasks", {})
+    if not isinstance(tasks, dict):
+        return f"{where}.tasks: expected an object"
+    for task, scores in tasks.items():
+        problem = _scores_problem(f"{where}.tasks.{clip(str(task), 40)}", scores)
+        if problem:
+            return problem
+    return None
+
+
+def schema_problem(report: Any) -> str | None:
+    """What makes ``report`` not a report of the current schema, or None."""
+    if not isinstance(report, dict):
+        return f"expected an object, got {type(report).__name__}"
+    if report.get("schema") != SCHEMA:
+        return f"schema is {short(report.get('schema'))}, this version reads {SCHEMA}"
+    if not isinstance(report.get("dataset"), str):
+        return "dataset: expected a string"
+    if not _number(report.get("test_examples"), 1, 1 << 40, integer=True):
+        return f"test_examples: expected a positive integer, got {short(report.get('test_examples'))}"
+    if not isinstance(report.get("test_set"), str) or not HASH.fullmatch(report["test_set"]):
+        return "test_set: expected the test set's sha256 fingerprint"
+    if not isinstance(report.get("params"), dict):
+        return "params: expected an object"
+    if report.get("params_hash") != params_hash(report["params"]):
+        return "params_hash does not match params"
+    entries = report.get("artefacts")
+    if not isinstance(entries, list) or not entries:
+        return "artefacts: expected a non-empty list"
+    seen: set[str] = set()
+    for i, e in enumerate(entries):
+        problem = _entry_problem(i, e)
+        if problem:
+            return problem
+        if e["file"] in seen:
+            return f"artefacts[{i}]: {clip(e['file'], 80)} appears twice"
+        seen.add(e["file"])
+    return None
+
+
+# --- the files on disk ----------------------------------------------------------------------------
+
+
+def file_problems(report: dict, root: Path = Path()) -> list[tuple[str, str]]:
+    """(file, what is wrong) for every artefact whose file on disk is not the one the report judged:
+    missing, changed since (another sha256), or with a record that changed since (another key)."""
+    problems = []
+    for e in report["artefacts"]:
+        path = root / e["file"]
+        try:
+            present = path.is_file()
+        except OSError as exc:  # a name too long for the file system, a folder we may not enter
+            problems.append((e["file"], f"unreadable ({exc.strerror or exc.__class__.__name__})"))
+            continue
+        if not present:
+            problems.append((e["file"], "missing"))
+            continue
+        try:
+            digest = file_hash(path)
+        except OSError as exc:
+            problems.append((e["file"], f"unreadable ({exc.strerror or exc.__class__.__name__})"))
+            continue
+        if digest != e["sha256"]:
+            problems.append((e["file"], "changed since it was validated (another sha256)"))
+            continue
+        try:
+            record = read_record(path)
+        except PipelineError:
+            record = None
+        key = record.get("key") if isinstance(record, dict) else None
+        if key != e.get("record_key"):
+            problems.append((e["file"], "its record changed since it was validated (another key)"))
+    return problems

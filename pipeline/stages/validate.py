@@ -1,0 +1,118 @@
+"""Stage 4: a config's .tflite files through LiteRT: accuracy, agreement with Keras, size, latency.
+
+The report it writes is bound to what it judged (:mod:`pipeline.export.report`): each file's sha256 and
+record key, the test set's fingerprint and the params that made the artefacts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..core.artifacts import (
+    OUT_DIR,
+    USER_DIR,
+    is_config_model,
+    model_stem,
+    place,
+    read_record,
+    report_path,
+    tflite_path,
+    write_json,
+    write_text,
+)
+from ..core.errors import PipelineError
+from ..core.params import Params
+from ..core.provenance import disagreements
+from ..data import load_dataset
+from ..export.measure import KerasParents, measure
+from ..export.report import bound_params, flatten, make_report
+
+
+def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> list[Path]:
+    """The .tflite files to validate: this config's (its trained and pruned models in every format
+    of params), or all those converted from ``keras_model``."""
+    if keras_model is None:
+        stems = (params.name, f"{params.name}.pruned")
+        files = [f for stem in stems for fmt in params.convert.formats
+                 if (f := out_dir / tflite_path(stem, fmt).name).is_file()]
+        what, made_by = f"of {params.name}", "mobiledeploy convert"
+    else:
+        wanted = keras_model.resolve()
+        folder = out_dir if is_config_model(keras_model, params.name) else out_dir / USER_DIR
+        files = [f for f in sorted(folder.glob("*.tflite"))
+                 if Path((read_record(f) or {}).get("keras_model", "")).resolve() == wanted]
+        what, made_by = f"converted from {keras_model}", f"mobiledeploy convert --model {keras_model}"
+    if not files:
+        raise PipelineError(f"no .tflite files {what} in {folder if keras_model else out_dir}; they are made by "
+                            f"`{made_by}`")
+    return files
+
+
+def refuse_other_params(files: list[Path], params: Params) -> None:
+    """One line naming the first file whose records say it was made with other params than these."""
+    flat = flatten(bound_params(params))
+    for path in files:
+        for key, made, now, record in disagreements(path, flat):  # (a file without records: judged as it is)
+            raise PipelineError(f"{path} was made with {key}={made!r} ({record}); these params say {now!r}. Re-make "
+                                "it with these params (make convert, or the stage that owns the key), or validate "
+                                "with the same --set it was made with")
+
+
+def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
+    """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them."""
+    files = discover(params, keras_model, out_dir)
+    if keras_model is None:  # the config's own files must be what these params make
+        refuse_other_params(files, params)
+    data = load_dataset(params.data, params.seed)
+    parents = KerasParents(data.x_test)
+    entries = []
+    for path in files:
+        start = time.perf_counter()
+        entry = measure(path, params, data, parents)
+        entries.append(entry)
+        print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
+              f"({time.perf_counter() - start:.0f}s)", flush=True)
+    report = make_report(params, data, entries)
+    if keras_model is None:
+        json_path = out_dir / report_path(params.name).name
+    else:
+        json_path = place(out_dir / report_path(model_stem(keras_model)).name, keras_model, params.name)
+    md_path = json_path.with_suffix(".md")
+    write_json(json_path, report)
+    write_text(md_path, markdown(report))
+    print(f"validate: {len(entries)} artefacts -> {json_path}, {md_path}")
+    return json_path
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _int(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
+             "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
+             "one image, after warm-up, in ms.\n",
+             "| file | accuracy | Keras | agreement | bytes | gzip bytes | p50 / p90 / p99 (1 thread) "
+             "| p50 (all cores) | params | MACs | sparsity |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in report["artefacts"]:
+        lat = e["latency_ms"]
+        many = e["latency_by_threads"][-1]
+        lines.append(
+            f"| {Path(e['file']).name} | {_pct(e['accuracy'])} | {_pct(e['keras_accuracy'])} "
+            f"| {_pct(e['keras_agreement'])} | {e['size_bytes']:,} | {e['gzip_bytes']:,} "
+            f"| {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | {many['p50']:.3f} ({many['threads']}) "
+            f"| {_int(e['params'])} | {_int(e['macs'])} | {_pct(e['sparsity'])} |")
+    tasks = [t for t in report["artefacts"][0].get("tasks", {})] if report["artefacts"] else []
+    if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
+        lines += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n",
+                  "| file | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for e in report["artefacts"]:
+            cells = [" / ".join(_pct(e["tasks"][t][k]) for k in ("accuracy", "keras_accuracy", "keras_agreement"))
+                     for t in tasks]
+            lines.append(f"| {Path(e['file']).name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

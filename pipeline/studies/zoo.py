@@ -1,0 +1,62 @@
+"""`mobiledeploy zoo`: train registered variants on the same data and budget, and compare what each
+costs on a device (params, MACs, int8 bytes, int8 latency) against what it scores.
+
+Each variant is trained by the train stage as ``models/zoo_<variant>.keras``, converted to int8 under
+``tflite_out/zoo/`` and run in LiteRT (:mod:`pipeline.studies.variants`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..architectures import resolve
+from ..core.artifacts import OUT_DIR, write_bytes, write_json, write_text
+from ..core.params import Params
+from ..core.plots import scatter_png
+from .variants import measure_variants
+
+ZOO_DIR = OUT_DIR / "zoo"
+
+
+def variant_params(params: Params, variant: str) -> Params:
+    """``params`` with the registered variant's own hyperparameters and a name of its own."""
+    model = dataclasses.replace(params.model, architecture=variant, width=None, options={})
+    return dataclasses.replace(params, name=f"zoo_{variant}", model=model)
+
+
+def zoo(params: Params, out_dir: Path = ZOO_DIR) -> Path:
+    """Train, convert and measure every variant in ``params.zoo.variants``; write zoo.json/.md/.png."""
+    variants = {v: variant_params(params, v) for v in params.zoo.variants}
+    rows = []
+    for row in measure_variants(variants, out_dir, "zoo"):
+        hp = resolve(row["variant"])
+        (task,) = row.pop("tasks").values()
+        rows.append({**row, "block": hp["block"], "pooling": hp["pooling"], "width": hp["width"], **task})
+    result = {"epochs": params.train.epochs, "latency_runs": params.validate.latency_runs, "variants": rows}
+    write_json(out_dir / "zoo.json", result)
+    write_text(out_dir / "zoo.md", markdown(result))
+    biggest = max(r["int8_bytes"] for r in rows)
+    points = [(r["variant"], r["macs"], 100 * r["int8_accuracy"], 40 + 900 * r["int8_bytes"] / biggest,
+               f"{r['int8_bytes'] / 1024:.0f} KiB, {r['p50_ms']:.3f} ms") for r in rows]
+    write_bytes(out_dir / "zoo.png", scatter_png(points, "multiply-accumulates per image (log scale)",
+                                                 "int8 test accuracy (%)",
+                                                 "Accuracy against compute; marker area = int8 .tflite bytes"))
+    print(f"zoo: {len(rows)} variants -> {out_dir / 'zoo.md'}, {out_dir / 'zoo.png'}", flush=True)
+    return out_dir / "zoo.json"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Architecture comparison\n\nEvery variant trained for {result['epochs']} epochs with the same "
+             "data, optimiser and seed. Accuracy in % on the test set. Latency: int8, one image, 1 thread, "
+             f"median of {result['latency_runs']} runs. Gap: train minus validation accuracy of the kept epoch.\n",
+             "| variant | block | pooling | params | MACs | float acc | int8 acc | int8 bytes | p50 ms "
+             "| train acc | val acc | gap | train s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["variants"]:
+        pooling = r["pooling"] if isinstance(r["pooling"], str) else "/".join(r["pooling"])
+        lines.append(f"| {r['variant']} | {r['block']} | {pooling} | {r['params']:,} | {r['macs'] / 1e6:.2f}M "
+                     f"| {100 * r['float_accuracy']:.2f} | {100 * r['int8_accuracy']:.2f} | {r['int8_bytes']:,} "
+                     f"| {r['p50_ms']:.3f} | {100 * r['train_accuracy']:.2f} | {100 * r['val_accuracy']:.2f} "
+                     f"| {100 * r['gap']:.2f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"

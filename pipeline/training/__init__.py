@@ -1,0 +1,1 @@
+"""Fitting models: the training loop's parts, the multi-task trainer, and fits that resume."""

@@ -1,0 +1,97 @@
+"""Fitting that survives being killed: state is saved after every epoch and picked up on re-run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..core.artifacts import atomic_path, read_json, write_json
+from ..core.framework import keras
+
+
+def keras_verbosity() -> int:
+    """Keras's live progress bar on a terminal; one line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def backup_dir(artefact: Path) -> Path:
+    """Where the fit that will produce ``artefact`` keeps its per-epoch state (hidden, beside it)."""
+    return artefact.with_name(f".{artefact.name}.resume")
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best validation accuracy (never test accuracy),
+    among epochs from ``first_epoch`` (0-based) on, and the logs of every epoch.
+
+    With ``state_dir`` the best weights and the logs are also written there after each epoch, and
+    read back when training starts, so a resumed fit keeps what the killed one had found.
+    """
+
+    def __init__(self, first_epoch: int = 0, state_dir: Path | None = None):
+        super().__init__()
+        self.first_epoch, self.state_dir = first_epoch, state_dir
+        self.best, self.best_epoch, self.weights = -1.0, -1, None
+        self.history: dict[str, list[float]] = {}
+
+    def on_train_begin(self, logs=None):
+        state = self.state_dir / "keep_best.json" if self.state_dir else None
+        if state is None or not state.is_file():
+            return
+        saved = read_json(state)
+        self.best, self.best_epoch, self.history = saved["best"], saved["best_epoch"], saved["history"]
+        if self.best_epoch >= 0:
+            with np.load(self.state_dir / "best_weights.npz") as f:
+                self.weights = [f[f"w{i}"] for i in range(len(f.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(round(float(value), 5))
+        score = logs.get("val_accuracy", -1.0)
+        improved = epoch >= self.first_epoch and score > self.best
+        if improved:
+            self.best, self.best_epoch, self.weights = float(score), epoch, self.model.get_weights()
+        if self.state_dir is None:
+            return
+        if improved:
+            with atomic_path(self.state_dir / "best_weights.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **{f"w{i}": w for i, w in enumerate(self.weights)})
+        write_json(self.state_dir / "keep_best.json",
+                   {"best": self.best, "best_epoch": self.best_epoch, "history": self.history})
+
+
+def fit_resumable(model, train_ds, val_ds, epochs: int, state_dir: Path | None, key: str,
+                  callbacks=(), first_best_epoch: int = 0) -> KeepBest:
+    """``model.fit`` with Keras's BackupAndRestore and :class:`KeepBest`; returns the KeepBest.
+
+    State left by a killed run with the same ``key`` (inputs, params, versions) is resumed from its
+    last completed epoch; state with another key is discarded. Call :func:`finish` once the artefact
+    is saved.
+    """
+    extra = []
+    if state_dir is not None:
+        key_file = state_dir / "key.json"
+        if state_dir.exists() and not (key_file.is_file() and read_json(key_file).get("key") == key):
+            shutil.rmtree(state_dir)
+        if state_dir.exists():
+            done = len(read_json(state_dir / "keep_best.json")["history"].get("loss", [])) \
+                if (state_dir / "keep_best.json").is_file() else 0
+            print(f"resuming from epoch {done + 1} of {epochs} (state in {state_dir})", flush=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_json(key_file, {"key": key})
+        extra = [keras.callbacks.BackupAndRestore(str(state_dir / "keras"))]
+    keep = KeepBest(first_best_epoch, state_dir)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[*callbacks, *extra, keep],
+              verbose=keras_verbosity())
+    model.set_weights(keep.weights)
+    return keep
+
+
+def finish(state_dir: Path | None) -> None:
+    """Remove the resume state once the artefact it was for is safely on disk."""
+    if state_dir is not None and state_dir.exists():
+        shutil.rmtree(state_dir)
