@@ -125,9 +125,9 @@ test: $(VENV_STAMP) data
 test-fast: $(VENV_STAMP) data
 	$(PY) -m pytest -n 2 -m "not e2e"
 
-# Run the test suite and put its bad-input table (.build/bad_input.md) into README.md between the markers.
+# Run the test suite and put its bad-input table (.build/bad_input.md) into docs/reliability.md between the markers.
 bad-input-table: test
-	$(PY) -c 'import pathlib, re; r = pathlib.Path("README.md"); t = pathlib.Path("$(BUILD)/bad_input.md").read_text(); \
+	$(PY) -c 'import pathlib, re; r = pathlib.Path("docs/reliability.md"); t = pathlib.Path("$(BUILD)/bad_input.md").read_text(); \
 	  r.write_text(re.sub(r"(<!-- bad-input-table -->\n).*?(<!-- /bad-input-table -->)", lambda m: m[1] + t + m[2], r.read_text(), flags=re.S))'
 
 clean:

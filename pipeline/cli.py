@@ -32,7 +32,12 @@ def stage_options(fn):
     @click.option("--verbose", is_flag=True, help="Also show TensorFlow's start-up lines and converter output.")
     @functools.wraps(fn)
     def wrapper(params_file, overrides, debug, verbose, **kwargs):
-        from .core.runner import Terminated, project_lock, sigterm_as_interrupt, sweep_leftovers
+        from .core.runner import (
+            Terminated,
+            project_lock,
+            sigterm_as_interrupt,
+            sweep_leftovers,
+        )
 
         if verbose:
             os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.core.framework when TensorFlow is imported

@@ -124,7 +124,7 @@ def test_every_architecture_prunes_and_converts_to_full_integer(name, tmp_path):
     _, stripped, _ = prune_model(model, DATA, p, seed=0)
     pruned = [c for c in model_costs(stripped) if c.kind in ("Conv2D", "Dense") and c.prunable > 20]
     assert pruned and all(c.zeros / c.prunable == pytest.approx(0.5, abs=0.06) for c in pruned)
-    # TF-MOT wraps depthwise convolutions but prunes none of their weights (README, "Architectures")
+    # TF-MOT wraps depthwise convolutions but prunes none of their weights (docs/architectures.md)
     assert all(c.zeros == 0 for c in model_costs(stripped) if c.kind == "DepthwiseConv2D")
     path = tmp_path / "m.int8.tflite"
     path.write_bytes(to_tflite(stripped, "int8", representative_data(DATA.x_train, 30, seed=0)))

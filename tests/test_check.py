@@ -54,7 +54,40 @@ def problems(project):
 
 def test_gates_written_from_a_report_pass_on_that_report(project):
     found, count = check(project / "report.json", project / "gates.yaml")
-    assert found == [] and count == 8
+    assert found == [] and count == 9  # 4 per file, and the int8 file's latency relative to float32
+
+
+def slower(report, file, factor):
+    for e in report["artefacts"]:
+        if e["file"] == file:
+            e["latency_ms"] = {**e["latency_ms"], "p50": e["latency_ms"]["p50"] * factor}
+
+
+def test_a_file_slower_than_its_float32_sibling_fails_the_latency_gate_and_a_slower_machine_does_not(project):
+    edit_report(project, lambda r: [slower(r, e["file"], 3) for e in r["artefacts"]])  # every file 3x slower
+    assert problems(project) == []
+    edit_report(project, lambda r: slower(r, "tflite_out/m.int8.tflite", 1.5))  # int8 alone 1.5x slower
+    assert problems(project) == [("tflite_out/m.int8.tflite", "max_p50_vs_float32", "gate")]
+
+
+def test_the_latency_margin_is_the_measured_spread_when_that_is_larger(tmp_path):
+    report = {"artefacts": [{"file": f"out/m.{fmt}.tflite", "accuracy": 0.9, "size_bytes": 10, "gzip_bytes": 5,
+                             "latency_ms": {"p50": p50, "spread": spread}}
+                            for fmt, p50, spread in (("float32", 2.0, 0.05), ("int8", 1.0, 0.25))]}
+    steady = gates_from_report(report, CheckParams(latency_margin=0.15))["out/m.int8.tflite"]
+    assert steady["max_p50_vs_float32"] == pytest.approx(0.5 * (1 + 2 * 0.30))
+    assert "max_p50_vs_float32" not in gates_from_report(report, CheckParams(latency_gates=False))["out/m.int8.tflite"]
+
+
+def test_one_collapsing_class_fails_its_gate_while_the_mean_holds(tmp_path):
+    def make(cat):
+        return {"artefacts": [{"file": "out/m.int8.tflite", "accuracy": 0.9, "size_bytes": 10, "gzip_bytes": 5,
+                               "latency_ms": LATENCY, "per_class": {"cat": cat, "dog": 0.9}}]}
+
+    limits = gates_from_report(make(0.9), CheckParams(class_margin=0.03))
+    assert limits["out/m.int8.tflite"]["min_class_accuracy:cat"] == 0.87
+    assert [v.gate for v in violations(make(0.6), limits)] == ["min_class_accuracy:cat"]
+    assert "min_class_accuracy:cat" not in gates_from_report(make(0.9), CheckParams())["out/m.int8.tflite"]
 
 
 def test_an_accuracy_regression_fails_the_gate(project):
@@ -73,8 +106,9 @@ def test_a_bigger_file_fails_the_size_gate(project):
 
 
 def test_an_artefact_missing_from_the_report_fails(project):
-    edit_report(project, lambda r: r["artefacts"].pop())
-    assert problems(project) == [("tflite_out/m.float32.tflite", "present in report", "gate")]
+    edit_report(project, lambda r: r["artefacts"].pop())  # the float32 file, which int8's latency gate reads too
+    assert sorted(problems(project)) == [("tflite_out/m.float32.tflite", "present in report", "gate"),
+                                         ("tflite_out/m.int8.tflite", "max_p50_vs_float32", "gate")]
 
 
 @pytest.mark.bad_input("tampered verdicts")

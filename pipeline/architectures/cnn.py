@@ -71,7 +71,13 @@ def cnn(input_shape, num_classes: int, *, name: str, dropout: float, width: int,
     ``sharing="hard"`` puts every head on one trunk, ``"soft"`` gives each task a tower of its own
     (layers prefixed ``<task>_``)."""
     from ..core.framework import keras
-    from .blocks import bottleneck_block, conv_block, inverted_residual_block, pool, separable_block
+    from .blocks import (
+        bottleneck_block,
+        conv_block,
+        inverted_residual_block,
+        pool,
+        separable_block,
+    )
 
     make = {
         "conv": lambda x, f, n, s: conv_block(x, f, 3, n, s),

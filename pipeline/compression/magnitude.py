@@ -47,7 +47,8 @@ def wrap_for_pruning(model, schedule, min_weights: int = 0, m_by_n: list[int] | 
             xnnpack.ensure_model_supports_pruning(model)
         except ValueError as exc:
             raise PipelineError(f"prune.policy xnnpack: {model.name} does not fit XNNPACK sparse inference: "
-                                f"{str(exc).strip().splitlines()[0]} (README, 'Pruning for XNNPACK')") from None
+                                f"{str(exc).strip().splitlines()[0]} (docs/structured-pruning.md, 'Pruning for "
+                                "XNNPACK')") from None
         allow = xnnpack.allow_pruning
     extra = {"sparsity_m_by_n": tuple(m_by_n)} if m_by_n else {}
 

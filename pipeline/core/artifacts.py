@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .code import code_hash
 from .errors import PipelineError
 
 MODELS_DIR = Path("models")
@@ -153,8 +155,6 @@ def _versions() -> dict[str, str | None]:
 
 def environment() -> dict[str, Any]:
     """Where and when a measurement was made: date (UTC), git commit, package versions, CPU and cores."""
-    import datetime
-
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -175,8 +175,6 @@ def make_record(stage: str, params: dict[str, Any], seed: int | None, inputs: di
     the stage, its module and every package module it imports, is one of the inputs
     (:func:`pipeline.core.code.code_hash`): a change to it remakes the artefact, an edit elsewhere does not.
     """
-    from .code import code_hash
-
     inputs = {**inputs, "code": code_hash(f"pipeline.stages.{stage}")}
     versions = _versions()
     key_source = json.dumps([stage, params, seed, inputs, versions], sort_keys=True, default=str)

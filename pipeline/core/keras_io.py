@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 import zlib
 from pathlib import Path
@@ -25,8 +26,6 @@ KERAS_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLa
 
 def _model_config(path: Path) -> Any:
     """The architecture JSON of a ``.keras`` zip or a Keras ``.h5`` file, read without Keras."""
-    import json
-
     try:
         if path.suffix == ".keras":
             with zipfile.ZipFile(path) as archive:

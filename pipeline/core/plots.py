@@ -38,3 +38,50 @@ def scatter_png(points: list[tuple[str, float, float, float, str]], xlabel: str,
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return png(fig)
+
+
+def curves_png(histories: dict[str, dict[str, list[float]]]) -> bytes:
+    """Training curves, one column per model (``label -> Keras history``): accuracy and loss per
+    epoch on the training and validation data."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(histories), figsize=(4.2 * len(histories), 6), dpi=100, squeeze=False)
+    for col, (label, history) in enumerate(histories.items()):
+        for row, metric in enumerate(("accuracy", "loss")):
+            ax = axes[row][col]
+            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                values = history.get(key) or []
+                ax.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3,
+                        label="validation" if key.startswith("val_") else "training")
+            ax.set_title(f"{label}: {metric}", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
+def confusion_png(matrices: list[tuple[str, list[list[int]]]], class_names: list[str]) -> bytes:
+    """One confusion matrix per (title, matrix), rows the true class and columns the predicted one,
+    each row shaded by its share so that a small class reads like a large one."""
+    import numpy as np
+
+    plt = pyplot()
+    cols = min(4, len(matrices))
+    rows = -(-len(matrices) // cols)
+    size = 1.2 + 0.32 * len(class_names)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, matrix) in zip(axes.flat, matrices):
+        counts = np.asarray(matrix, dtype=float)
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.axis("on")
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ticks = range(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=90, fontsize=6)
+        ax.set_yticks(ticks, class_names, fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return png(fig)

@@ -46,7 +46,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise PipelineError(f"{path}: cannot read ({exc.__class__.__name__}: {exc}); the file is corrupt or truncated") from None
+        raise PipelineError(f"{path}: cannot read ({exc.__class__.__name__}: {exc}); the file is corrupt or "
+                            "truncated") from None
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:

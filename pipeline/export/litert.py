@@ -19,6 +19,8 @@ import numpy as np
 from ..core.errors import PipelineError
 from ..core.runner import child_tempdir, dies_with_parent
 
+LATENCY_BLOCKS = 5
+
 
 def _interpreter(path: str, threads: int):
     from ai_edge_litert.interpreter import Interpreter
@@ -102,8 +104,12 @@ def latency(path: str, image: np.ndarray, threads: int, warmup: int, runs: int) 
         interp.invoke()
         times[i] = (time.perf_counter_ns() - start) / 1e6
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    # the run-to-run spread: how far apart the medians of consecutive blocks of runs are, relative to
+    # the median; a latency gate's margin is derived from it (a steadier machine gets a tighter gate)
+    blocks = [np.median(b) for b in np.array_split(times, LATENCY_BLOCKS)]
+    spread = (max(blocks) - min(blocks)) / p50 if p50 > 0 else 0.0
     return {"threads": threads or os.cpu_count(), "p50": round(float(p50), 4), "p90": round(float(p90), 4),
-            "p99": round(float(p99), 4), "runs": runs}
+            "p99": round(float(p99), 4), "runs": runs, "spread": round(float(spread), 4)}
 
 
 def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], warmup: int, runs: int,

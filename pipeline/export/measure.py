@@ -1,6 +1,7 @@
-"""The one function that measures a ``.tflite`` file against a dataset: per-task accuracy, agreement
-with its Keras parent, bytes, gzipped bytes and latency. ``validate`` writes what it returns into the
-report; ``check --recompute`` calls it again to re-derive the report's numbers from the files."""
+"""The one function that measures a ``.tflite`` file against a dataset: accuracy per task and per
+class, the confusion matrix, agreement with its Keras parent, bytes, gzipped bytes and latency.
+``validate`` writes what it returns into the report; ``check --recompute`` calls it again to
+re-derive the report's numbers from the files; the studies and the shrink stage call it for theirs."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 
 from ..core.artifacts import file_hash, read_record
 from ..core.errors import PipelineError
-from ..core.params import FORMATS, Params
+from ..core.params import ValidateParams
 from ..data import Dataset
 from . import litert
 from .costs import model_costs, totals
+from .tflite import FORMATS
 
 
 def parse_name(path: Path) -> tuple[str, str]:
@@ -48,12 +50,29 @@ def _by_task(labels, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
     return labels if isinstance(labels, dict) else {tasks[0] if tasks else "label": labels}
 
 
-def measure(path: Path, params: Params, data: Dataset, parents: KerasParents, latency: bool = True) -> dict:
-    """One report entry for ``path``; ``latency=False`` skips the timing (``latency_ms`` is then None)."""
+def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class): row i is what the images of class i were taken for."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (truth.astype(np.int64), predicted.astype(np.int64)), 1)
+    return matrix
+
+
+def per_class(matrix: np.ndarray, class_names: list[str]) -> dict[str, float | None]:
+    """Accuracy of each class (its diagonal share of its row); None for a class absent from the test set."""
+    totals = matrix.sum(axis=1)
+    return {name: (round(float(matrix[i, i] / totals[i]), 5) if totals[i] else None)
+            for i, name in enumerate(class_names)}
+
+
+def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents | None = None,
+            threads: list[int] | None = None) -> dict:
+    """One report entry for ``path`` on ``data``'s test split: accuracy per task and per class with
+    the confusion matrix, agreement with the Keras parent named by the file's record (if ``parents``
+    is given and the parent is on disk), bytes, gzipped bytes, and single-image latency for each of
+    ``threads`` (default ``v.threads``; ``[]`` skips timing and ``latency_ms`` is then None)."""
     record = read_record(path) or {}
     model, fmt = parse_name(path)
-    v = params.validate
-    threads = v.threads if latency else []
+    threads = v.threads if threads is None else threads
     predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, threads, v.warmup_runs, v.latency_runs,
                                              num_classes=data.num_classes)
     heads = data.tasks or ("label",)
@@ -64,12 +83,14 @@ def measure(path: Path, params: Params, data: Dataset, parents: KerasParents, la
         predictions = {heads[0]: next(iter(predictions.values()))}
     truth = {task: (data.y_test[:, i] if data.tasks else data.y_test) for i, task in enumerate(heads)}
     parent_path = record.get("keras_model")
-    parent = parents.get(parent_path) if isinstance(parent_path, str) else None
+    parent = parents.get(parent_path) if parents is not None and isinstance(parent_path, str) else None
     keras_labels = _by_task(parent[0], data.tasks) if parent else {}
     per_task = {}
     for task in heads:
+        matrix = confusion(truth[task], predictions[task], data.num_classes)
         found = {"accuracy": round(float(np.mean(predictions[task] == truth[task])), 5),
-                 "keras_accuracy": None, "keras_agreement": None}
+                 "keras_accuracy": None, "keras_agreement": None,
+                 "per_class": per_class(matrix, data.class_names), "confusion": matrix.tolist()}
         if parent:
             found.update(keras_accuracy=round(float(np.mean(keras_labels[task] == truth[task])), 5),
                          keras_agreement=round(float(np.mean(keras_labels[task] == predictions[task])), 5))
@@ -92,6 +113,8 @@ def measure(path: Path, params: Params, data: Dataset, parents: KerasParents, la
     }
     if data.tasks:  # the headline numbers above are means over the tasks
         entry["tasks"] = per_task
+    else:
+        entry.update(per_class=per_task["label"]["per_class"], confusion=per_task["label"]["confusion"])
     if parent is not None:
         cost = parent[1]
         entry.update(params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))

@@ -17,6 +17,7 @@ from typing import Any
 from ..core.artifacts import environment, file_hash, read_record, text_hash
 from ..core.errors import PipelineError, clip, short
 from ..core.params import Params
+from ..core.tables import count, markdown_table, pct, text_table
 from ..data import Dataset, fingerprint
 
 SCHEMA = 2
@@ -46,12 +47,6 @@ def make_report(params: Params, data: Dataset, entries: list[dict]) -> dict:
     bound = bound_params(params)
     return {"schema": SCHEMA, "dataset": data.source, "test_examples": len(data.y_test), "test_set": test_set(data),
             "params": bound, "params_hash": params_hash(bound), "environment": environment(), "artefacts": entries}
-
-
-def text_table(rows: list[tuple[str, ...]]) -> str:
-    """Rows of cells (the first is the header) as aligned plain text."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 # what `diff` compares, per artefact: name -> how to read it from an entry
@@ -157,6 +152,9 @@ def _scores_problem(where: str, scores: Any) -> str | None:
     for key in ("keras_accuracy", "keras_agreement"):
         if scores.get(key) is not None and not _number(scores[key], 0, 1):
             return f"{where}.{key}: expected null or a number in [0, 1], got {short(scores[key])}"
+    classes = scores.get("per_class", {})
+    if not isinstance(classes, dict) or not all(v is None or _number(v, 0, 1) for v in classes.values()):
+        return f"{where}.per_class: expected class -> null or a number in [0, 1], got {short(classes)}"
     return None
 
 
@@ -180,6 +178,8 @@ def _entry_problem(i: int, e: Any) -> str | None:
     latency = e.get("latency_ms")
     if not isinstance(latency, dict) or not all(_number(latency.get(k), 0, 1e7) for k in ("p50", "p90", "p99")):
         return f"{where}.latency_ms: expected p50, p90 and p99 in ms, got {short(latency)}"
+    if latency.get("spread") is not None and not _number(latency["spread"], 0, 1e3):
+        return f"{where}.latency_ms.spread: expected null or a non-negative number, got {short(latency['spread'])}"
     tasks = e.get("tasks", {})
     if not isinstance(tasks, dict):
         return f"{where}.tasks: expected an object"
@@ -253,3 +253,42 @@ def file_problems(report: dict, root: Path = Path()) -> list[tuple[str, str]]:
         if key != e.get("record_key"):
             problems.append((e["file"], "its record changed since it was validated (another key)"))
     return problems
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: one table of every file, per-task and per-class accuracy, and where and
+    when it was measured. Written to ``<name>.report.md``; it reads as a CI job summary."""
+    entries = report["artefacts"]
+    env = report.get("environment", {})
+    header = ["file", "accuracy", "Keras", "agreement", "bytes", "gzip bytes", "p50 / p90 / p99 ms (1 thread)",
+              "p50 ms (all cores)", "params", "MACs", "sparsity"]
+    rows = []
+    for e in entries:
+        lat, many = e["latency_ms"], e["latency_by_threads"][-1]
+        rows.append([Path(e["file"]).name, pct(e["accuracy"]), pct(e["keras_accuracy"]), pct(e["keras_agreement"]),
+                     count(e["size_bytes"]), count(e["gzip_bytes"]),
+                     f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f}",
+                     f"{many['p50']:.3f} ({many['threads']})",
+                     count(e["params"]), count(e["macs"]), pct(e["sparsity"])])
+    parts = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
+             "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
+             "one image, after warm-up, in ms.\n", markdown_table(header, rows)]
+    tasks = list(entries[0].get("tasks", {})) if entries else []
+    if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
+        parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n",
+                  markdown_table(["file", *tasks], [[Path(e["file"]).name] + [
+                      " / ".join(pct(e["tasks"][t][k]) for k in ("accuracy", "keras_accuracy", "keras_agreement"))
+                      for t in tasks] for e in entries])]
+    for task in tasks or [None]:
+        classes = [e["tasks"][task] if task else e for e in entries]
+        names = list((classes[0].get("per_class") or {})) if classes else []
+        if names:
+            parts += [f"\nAccuracy per class{f' ({task})' if task else ''}, in %: one class can collapse while "
+                      "the mean holds.\n", markdown_table(["file", *names], [
+                          [Path(e["file"]).name] + [pct(c["per_class"].get(n)) for n in names]
+                          for e, c in zip(entries, classes)])]
+    if env:
+        versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
+        parts.append(f"\nMeasured {env.get('date')} at commit {env.get('git_commit') or 'unknown'} on "
+                     f"{env.get('cpu')} ({env.get('cpu_count')} cores); {versions}.\n")
+    return "".join(parts)

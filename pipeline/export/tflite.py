@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import PipelineError
-from ..core.framework import native_output_silenced, tf
 
 
 def representative_data(x_train: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -14,24 +13,43 @@ def representative_data(x_train: np.ndarray, count: int, seed: int) -> np.ndarra
     return x_train[np.sort(idx)].astype(np.float32)
 
 
+def _float16(converter, tf, representative) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic_int8(converter, tf, representative) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8(converter, tf, representative) -> None:
+    if representative is None:
+        raise ValueError("full-integer int8 needs representative data")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+
+
+# format name -> how it sets up the converter (converter, tf, representative images). The registry of
+# formats: params' convert.formats accepts these names, and a new format is one function and one entry.
+CONVERTERS = {"float32": lambda converter, tf, representative: None, "float16": _float16,
+              "dynamic_int8": _dynamic_int8, "int8": _int8}
+FORMATS = tuple(CONVERTERS)
+# formats that read calibration images (and so the dataset): their records hash it
+CALIBRATED = ("int8",)
+
+
 def to_tflite(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
-    """Convert one Keras model to one TFLite format."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if fmt == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif fmt == "dynamic_int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt == "int8":
-        if representative is None:
-            raise ValueError("full-integer int8 needs representative data")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    elif fmt != "float32":
+    """Convert one Keras model to one TFLite format (``representative``: calibration images, for the
+    formats in :data:`CALIBRATED`)."""
+    from ..core.framework import native_output_silenced, tf  # TensorFlow only when converting
+
+    if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    CONVERTERS[fmt](converter, tf, representative)
     try:
         with native_output_silenced():
             return converter.convert()

@@ -1,14 +1,45 @@
-"""What the stages share: the parent model a fine-tuning stage starts from, and its multi-task settings."""
+"""What the stages share: the skeleton every stage that writes an artefact runs (:func:`make`), the
+parent model a fine-tuning stage starts from, and the multi-task settings that go into its key."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
-from ..core.artifacts import read_record, require, trained_path
+from ..core.artifacts import (
+    read_record,
+    require,
+    reuse_if_current,
+    save_with_record,
+    trained_path,
+)
 from ..core.errors import PipelineError
-from ..core.keras_io import check_fits_data, load_model
+from ..core.keras_io import check_fits_data, load_model, save_model
 from ..core.params import Params
 from ..data import Dataset, load_dataset
+from ..training.resume import backup_dir, finish
+
+
+def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, dict[str, Any] | None]]) -> bool:
+    """Plan, reuse or work, save, finish: the skeleton of every stage that writes an artefact.
+
+    If ``out`` is current for the ``planned`` record (same inputs, params, code and versions), say so
+    and return False. Otherwise ``work(state_dir)`` returns what to write (a Keras model, or bytes)
+    and the metrics for its record; it may keep per-epoch resume state in ``state_dir``, which is
+    removed once the artefact and its record are on disk. Returns True."""
+    stage = planned["stage"]
+    if reuse_if_current(out, planned):
+        print(f"{stage}: {out} is up to date (same inputs, params, code and versions); nothing to do", flush=True)
+        return False
+    state = backup_dir(out)
+    made, metrics = work(state)
+    record = {**planned, "metrics": metrics} if metrics is not None else planned
+    if isinstance(made, bytes):
+        save_with_record(out, lambda tmp: tmp.write_bytes(made), record)
+    else:
+        save_model(made, out, record)
+    finish(state)
+    return True
 
 
 def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]):

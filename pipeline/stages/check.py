@@ -16,10 +16,22 @@ from typing import Any, Callable
 
 import yaml
 
-from ..core.artifacts import write_text
+from ..core.artifacts import OUT_DIR, write_text
 from ..core.errors import PipelineError, clip, short
 from ..core.params import CheckParams, ParamsError, read_yaml
-from ..export.report import SCHEMA, file_problems, load_report, params_difference, params_hash, text_table
+from ..core.provenance import chain, disagreements
+from ..core.tables import text_table
+from ..data import load_dataset
+from ..export.measure import KerasParents, measure, parse_name
+from ..export.report import (
+    SCHEMA,
+    file_problems,
+    flatten,
+    load_report,
+    params_difference,
+    params_hash,
+    test_set,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,28 +49,69 @@ def _drop(e: dict) -> float | None:
     return None if e.get("keras_accuracy") is None else e["keras_accuracy"] - e["accuracy"]
 
 
-# gate name -> (what it reads from a report entry, True if the value must stay at or above the limit)
-GATES: dict[str, tuple[Callable[[dict], Any], bool]] = {
-    "min_accuracy": (lambda e: e["accuracy"], True),
-    "min_agreement": (lambda e: e.get("keras_agreement"), True),
-    "max_drop": (_drop, False),
-    "max_size_bytes": (lambda e: e["size_bytes"], False),
-    "max_gzip_bytes": (lambda e: e["gzip_bytes"], False),
+def _p50(e: dict | None) -> float | None:
+    latency = (e or {}).get("latency_ms")
+    return latency.get("p50") if isinstance(latency, dict) else None
+
+
+def sibling(file: str, fmt: str | None = None, unpruned: bool = False) -> str | None:
+    """The report entry name of ``file``'s model in another format, or of its unpruned parent in the
+    same format; None when ``file`` has no such sibling by name."""
+    path = Path(file)
+    model, own = parse_name(path)
+    if own == "unknown" or (unpruned and not model.endswith(".pruned")) or (fmt is not None and fmt == own):
+        return None
+    return path.with_name(f"{model.removesuffix('.pruned') if unpruned else model}.{fmt or own}.tflite").as_posix()
+
+
+def _ratio(e: dict, entries: dict[str, dict], **which) -> float | None:
+    """p50 of ``e`` over p50 of its sibling, both measured in the same run."""
+    other = sibling(e["file"], **which)
+    mine, theirs = _p50(e), _p50(entries.get(other)) if other else None
+    return None if mine is None or not theirs else round(mine / theirs, 4)
+
+
+# Latency gates are ratios of two latencies of the same run, so that a slower machine does not fail
+# them, but a change that makes one file slower relative to its sibling does.
+RATIOS = {"max_p50_vs_float32": {"fmt": "float32"}, "max_p50_vs_unpruned": {"unpruned": True}}
+
+# gate name -> (what it reads from a report entry, given all the report's entries by file; True if the
+# value must stay at or above the limit)
+GATES: dict[str, tuple[Callable[[dict, dict], Any], bool]] = {
+    "min_accuracy": (lambda e, _: e["accuracy"], True),
+    "min_agreement": (lambda e, _: e.get("keras_agreement"), True),
+    "max_drop": (lambda e, _: _drop(e), False),
+    "max_size_bytes": (lambda e, _: e["size_bytes"], False),
+    "max_gzip_bytes": (lambda e, _: e["gzip_bytes"], False),
+    **{name: ((lambda w: lambda e, entries: _ratio(e, entries, **w))(which), False) for name, which in RATIOS.items()},
+    # one class's accuracy: min_class_accuracy:<class>, or min_class_accuracy:<task>:<class> (multi-task)
+    "min_class_accuracy": (lambda e, _: None, True),
 }
 
 
 TASK_GATES = ("min_accuracy", "min_agreement", "max_drop")  # also per task: "<gate>:<task>"
 
 
-def reader(gate: str) -> tuple[Callable[[dict], Any], bool] | None:
-    """(read, at_least) for a gate name; ``<gate>:<task>`` reads that task's numbers of a multi-task entry."""
-    base, _, task = gate.partition(":")
-    if base not in GATES or (task and base not in TASK_GATES):
+def _class_accuracy(e: dict, which: str) -> float | None:
+    if "tasks" in e:
+        task, _, name = which.partition(":")
+        return ((e["tasks"].get(task) or {}).get("per_class") or {}).get(name)
+    return (e.get("per_class") or {}).get(which)
+
+
+def reader(gate: str) -> tuple[Callable[[dict, dict], Any], bool] | None:
+    """(read, at_least) for a gate name; ``<gate>:<task>`` reads that task's numbers of a multi-task
+    entry, ``min_class_accuracy:[<task>:]<class>`` one class's accuracy. ``read(entry, entries)``."""
+    base, _, rest = gate.partition(":")
+    if base not in GATES or (rest and base not in TASK_GATES + ("min_class_accuracy",)) or \
+            (base == "min_class_accuracy" and not rest):
         return None
     read, at_least = GATES[base]
-    if not task:
+    if base == "min_class_accuracy":
+        return (lambda e, _: _class_accuracy(e, rest)), at_least
+    if not rest:
         return read, at_least
-    return (lambda e: read(e["tasks"][task]) if task in e.get("tasks", {}) else None), at_least
+    return (lambda e, entries: read(e["tasks"][rest], entries) if rest in e.get("tasks", {}) else None), at_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +173,6 @@ def record_claims(report: dict) -> list[Violation]:
     """The report's params against what the records behind each file say they were made with: the
     params in a report are re-derived from the disk, not believed. The config's own files (named
     after ``params.name``) must have records all the way down to their trained model."""
-    from ..core.artifacts import OUT_DIR
-    from ..core.provenance import chain, disagreements
-    from ..export.report import flatten
 
     flat, name = flatten(report["params"]), report["params"].get("name")
     found = []
@@ -150,7 +200,7 @@ def violations(report: dict, limits: dict[str, dict[str, float]], baseline: dict
             continue
         for gate, limit in gates.items():
             read, at_least = reader(gate)
-            value = read(entry)
+            value = read(entry, entries)
             if value is None or not math.isfinite(value) or (value < limit if at_least else value > limit):
                 was = (baseline.get(file) or {}).get(gate) if isinstance(baseline.get(file), dict) else None
                 found.append(Violation(file, gate, limit, value, was if isinstance(was, (int, float)) else None))
@@ -197,7 +247,13 @@ def table(found: list[Violation]) -> str:
 
 
 def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str, float]]:
-    """Gates that the report passes with room for run-to-run noise (the margins in params.check)."""
+    """Gates that the report passes with room for run-to-run noise (the margins in params.check).
+
+    Latency gates (``margins.latency_gates``) bound each file's p50 relative to its float32 sibling
+    and its unpruned parent, measured in the same run, with a margin of ``margins.latency_margin`` or
+    twice the two measurements' run-to-run spread, whichever is larger. Per-class gates are written
+    when ``margins.class_margin`` is set."""
+    entries = {e["file"]: e for e in report["artefacts"]}
     gates = {}
     for e in report["artefacts"]:
         g: dict[str, float] = {"min_accuracy": round(e["accuracy"] - margins.accuracy_margin, 4)}
@@ -211,6 +267,19 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
                 g[f"max_drop:{task}"] = round(max(task_drop, 0.0) + margins.drop_margin, 4)
         g["max_size_bytes"] = int(e["size_bytes"] * (1 + margins.size_margin))
         g["max_gzip_bytes"] = int(e["gzip_bytes"] * (1 + margins.size_margin))
+        if margins.latency_gates:
+            for gate, which in RATIOS.items():
+                ratio = _ratio(e, entries, **which)
+                if ratio is not None:
+                    other = entries[sibling(e["file"], **which)]
+                    spread = (e["latency_ms"].get("spread") or 0) + (other["latency_ms"].get("spread") or 0)
+                    g[gate] = round(ratio * (1 + max(margins.latency_margin, 2 * spread)), 3)
+        if margins.class_margin is not None:  # one class can collapse while the mean holds
+            for task, numbers in (e["tasks"].items() if "tasks" in e else [(None, e)]):
+                for name, accuracy in (numbers.get("per_class") or {}).items():
+                    if accuracy is not None:
+                        key = f"min_class_accuracy:{task}:{name}" if task else f"min_class_accuracy:{name}"
+                        g[key] = round(max(accuracy - margins.class_margin, 0.0), 4)
         gates[e["file"]] = g
     return gates
 
@@ -218,7 +287,8 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
 def made_with(report: dict, gates: dict[str, dict[str, float]]) -> dict[str, Any]:
     """What the gates were measured on, and the measured value behind each limit (the baseline)."""
     entries = {e["file"]: e for e in report["artefacts"]}
-    baseline = {file: {gate: reader(gate)[0](entries[file]) for gate in limits} for file, limits in gates.items()}
+    baseline = {file: {gate: reader(gate)[0](entries[file], entries) for gate in limits}
+                for file, limits in gates.items()}
     return {"schema": SCHEMA, "dataset": report["dataset"].split(" (")[0], "test_examples": report["test_examples"],
             "test_set": report["test_set"], "params": report["params"], "baseline": baseline}
 
@@ -236,7 +306,10 @@ def update_gates(report_path: Path, gates_path: Path, margins: CheckParams, comm
     header = (f"# Accuracy-regression gates, written by `{command}` on {datetime.date.today()}\n"
               f"# from {report_path} ({report['dataset'].split(' (')[0]}, {report['test_examples']} test examples).\n"
               f"# Room for noise (params.check): accuracy -{margins.accuracy_margin}, drop vs Keras "
-              f"+{margins.drop_margin}, size and gzipped size +{margins.size_margin:.0%}.\n"
+              f"+{margins.drop_margin}, size and gzipped size +{margins.size_margin:.0%}"
+              + (f", latency ratios +{margins.latency_margin:.0%} or twice their measured spread"
+                 if margins.latency_gates else "")
+              + (f", each class -{margins.class_margin}" if margins.class_margin is not None else "") + ".\n"
               "# made_with: the test set and params these limits were measured on; `check` refuses a report\n"
               "# made on another test set or with other params. Edit by hand only to tighten or loosen a\n"
               "# gate on purpose; say why in the commit.\n")
@@ -253,9 +326,6 @@ def recomputer(params) -> Callable[[dict], list[Violation]]:
     them, and flag each number the report got wrong by more than one test example."""
 
     def recompute(report: dict) -> list[Violation]:
-        from ..data import load_dataset
-        from ..export.measure import KerasParents, measure
-        from ..export.report import test_set
 
         data = load_dataset(params.data, params.seed)
         if test_set(data) != report["test_set"]:
@@ -264,7 +334,7 @@ def recomputer(params) -> Callable[[dict], list[Violation]]:
         parents, tolerance = KerasParents(data.x_test), 1 / len(data.y_test) + 1e-9
         found = []
         for e in report["artefacts"]:
-            fresh = measure(Path(e["file"]), params, data, parents, latency=False)
+            fresh = measure(Path(e["file"]), data, params.validate, parents, threads=[])
             pairs = [(key, e.get(key), fresh[key]) for key in MEASURED]
             pairs += [(f"{key}:{task}", e.get("tasks", {}).get(task, {}).get(key), scores[key])
                       for task, scores in fresh.get("tasks", {}).items() for key in MEASURED[:3]]
@@ -273,8 +343,9 @@ def recomputer(params) -> Callable[[dict], list[Violation]]:
                         (measured is not None and abs(claimed - measured) > tolerance):
                     found.append(Violation(e["file"], f"recomputed {key}", claimed, measured, kind="recomputed"))
             e.update({key: fresh[key] for key in MEASURED})
-            if "tasks" in fresh:
-                e["tasks"] = fresh["tasks"]
+            for key in ("tasks", "per_class", "confusion"):  # what the per-task and per-class gates read
+                if key in fresh:
+                    e[key] = fresh[key]
         return found
 
     return recompute

@@ -14,15 +14,14 @@ from ..core.artifacts import (
     pruned_path,
     read_record,
     require,
-    reuse_if_current,
-    save_with_record,
     tflite_path,
     trained_path,
 )
 from ..core.keras_io import check_fits_data, load_model
 from ..core.params import Params
 from ..data import Dataset, load_dataset
-from ..export.tflite import representative_data, to_tflite
+from ..export.tflite import CALIBRATED, representative_data, to_tflite
+from .base import make
 
 
 def sources(params: Params, model_path: Path | None) -> list[Path]:
@@ -36,7 +35,7 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
     """Convert the trained and pruned models (or a user's ``model_path``) to every format in params."""
     paths = sources(params, model_path)
     models = [(path, load_model(path)) for path in paths]  # fail on a bad file before any work
-    needs_data = "int8" in params.convert.formats
+    needs_data = any(fmt in CALIBRATED for fmt in params.convert.formats)
     data = load_dataset(params.data, params.seed) if needs_data else None
     representative = (representative_data(data.x_train, params.convert.representative_samples, params.seed)
                       if data is not None else None)
@@ -58,15 +57,16 @@ def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: D
     into the record. ``data`` and ``representative`` are needed for full-integer int8 only."""
     used: dict = {"format": fmt}
     inputs = {"model": file_hash(path)}
-    if fmt == "int8":  # only full-integer conversion reads data (the calibration images)
+    if fmt in CALIBRATED:  # only these read data (the calibration images)
         used.update(representative_samples=params.convert.representative_samples, data=params.section("data"))
         inputs["dataset"] = data.fingerprint
     planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=model_stem(path),
                           format=fmt, **extra)
-    if reuse_if_current(out, planned):
-        print(f"convert: {out} is up to date; nothing to do", flush=True)
-        return out
-    blob = to_tflite(model, fmt, representative if fmt == "int8" else None)
-    save_with_record(out, lambda tmp: tmp.write_bytes(blob), planned)
-    print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
+
+    def work(_state: Path):
+        blob = to_tflite(model, fmt, representative if fmt in CALIBRATED else None)
+        print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
+        return blob, None
+
+    make(out, planned, work)
     return out

@@ -8,6 +8,7 @@ its record and into ``tflite_out/<stem>.shrunk.md`` and ``.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -19,34 +20,33 @@ from ..core.artifacts import (
     make_record,
     model_stem,
     place,
-    reuse_if_current,
     shrunk_path,
     write_bytes,
     write_text,
 )
-from ..core.keras_io import save_model
 from ..core.params import Params
 from ..core.plots import scatter_png
+from ..core.tables import count, markdown_table, pct
 from ..data import Dataset
-from ..export import litert
-from .convert import representative_data, to_tflite
-from .prune import load_parent, multitask_settings
-from .train import split_accuracies
+from ..export.measure import measure
+from ..export.tflite import representative_data, to_tflite
+from ..training.fit import split_accuracies
+from .base import load_parent, make, multitask_settings
 
 
 def int8_latency(params: Params, data: Dataset):
-    """model -> median single-image latency (ms, 1 thread) of its full-integer int8 conversion."""
+    """model -> median single-image latency (ms, 1 thread) of its full-integer int8 conversion, timed
+    by the one measurement (on 8 validation images: only the latency is used)."""
     representative = representative_data(data.x_train, params.convert.representative_samples, params.seed)
-    v = params.validate
+    probe = dataclasses.replace(data, x_test=data.x_val[:8], y_test=data.y_val[:8])
 
-    def measure(model) -> float:
+    def latency(model) -> float:
         with tempfile.TemporaryDirectory(prefix="shrink-") as tmp:
             path = Path(tmp) / "m.int8.tflite"
             path.write_bytes(to_tflite(model, "int8", representative))
-            _, (latency,) = litert.evaluate(path, data.x_val[:8], 8, [1], v.warmup_runs, v.latency_runs)
-        return latency["p50"]
+            return measure(path, probe, params.validate, threads=[1])["latency_ms"]["p50"]
 
-    return measure
+    return latency
 
 
 def shrink(params: Params, model_path: Path | None = None) -> Path:
@@ -58,39 +58,40 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
             **multitask_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
-    if reuse_if_current(out, planned):
-        print(f"shrink: {out} is up to date (same model, data, params and versions); nothing to do", flush=True)
-        return out
     s = params.structured
-    rounds = f"{s.max_rounds} round{'s' if s.max_rounds != 1 else ''}"
-    print(f"shrink: up to {rounds} of removing {s.fraction:.0%} of the channels (ranked by "
-          f"{s.criterion}, {s.scope}), {s.finetune_epochs} fine-tuning epochs each; target {s.target} <= "
-          f"{s.target_ratio:.0%}, accuracy budget {s.accuracy_budget}", flush=True)
-    start = time.perf_counter()
-    kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
-    metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1), "history": history}
-    save_model(kept, out, {**planned, "metrics": metrics})
-    write_text(place(OUT_DIR / f"{stem}.shrunk.md", source, params.name), history_markdown(stem, s, history))
-    write_bytes(place(OUT_DIR / f"{stem}.shrunk.png", source, params.name), history_png(history))
-    kept_row = [h for h in history if h["within_budget"]][-1]
-    print(f"shrink: kept round {kept_row['round']}: {kept_row['macs'] / history[0]['macs']:.0%} of the MACs, "
-          f"p50 {kept_row['p50_ms']:.3f} ms (from {history[0]['p50_ms']:.3f}), test {metrics['test_accuracy']:.4f} "
-          f"-> {out}", flush=True)
+
+    def work(_state: Path):
+        rounds = f"{s.max_rounds} round{'s' if s.max_rounds != 1 else ''}"
+        print(f"shrink: up to {rounds} of removing {s.fraction:.0%} of the channels (ranked by "
+              f"{s.criterion}, {s.scope}), {s.finetune_epochs} fine-tuning epochs each; target {s.target} <= "
+              f"{s.target_ratio:.0%}, accuracy budget {s.accuracy_budget}", flush=True)
+        start = time.perf_counter()
+        kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
+        metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1),
+                   "history": history}
+        write_text(place(OUT_DIR / f"{stem}.shrunk.md", source, params.name), history_markdown(stem, s, history))
+        write_bytes(place(OUT_DIR / f"{stem}.shrunk.png", source, params.name), history_png(history))
+        kept_row = [h for h in history if h["within_budget"]][-1]
+        print(f"shrink: kept round {kept_row['round']}: {kept_row['macs'] / history[0]['macs']:.0%} of the MACs, "
+              f"p50 {kept_row['p50_ms']:.3f} ms (from {history[0]['p50_ms']:.3f}), test "
+              f"{metrics['test_accuracy']:.4f} -> {out}", flush=True)
+        return kept, metrics
+
+    make(out, planned, work)
     return out
 
 
 def history_markdown(stem: str, s, history: list[dict]) -> str:
     tasks = [t for t in history[0]["val_tasks"] if len(history[0]["val_tasks"]) > 1]
-    lines = [f"# Structured pruning of {stem}\n\nEach round removes {s.fraction:.0%} of the remaining channels "
+    intro = (f"# Structured pruning of {stem}\n\nEach round removes {s.fraction:.0%} of the remaining channels "
              f"(ranked by {s.criterion}, {s.scope}) and fine-tunes for {s.finetune_epochs} epochs. Accuracy in %; "
              f"within budget: no task more than {100 * s.accuracy_budget:g} points below round 0. Latency: "
-             "int8, one image, 1 thread, p50.\n",
-             "| round | params | MACs | val accuracy | " + "".join(f"val {t} | " for t in tasks) +
-             "p50 ms | within budget |", "|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---|"]
-    lines += [f"| {h['round']} | {h['params']:,} | {h['macs']:,} | {100 * h['val_accuracy']:.2f} | " +
-              "".join(f"{100 * h['val_tasks'][t]:.2f} | " for t in tasks) +
-              f"{h['p50_ms']:.3f} | {'yes' if h['within_budget'] else 'no'} |" for h in history]
-    return "\n".join(lines) + "\n"
+             "int8, one image, 1 thread, p50.\n\n")
+    header = ["round", "params", "MACs", "val accuracy", *(f"val {t}" for t in tasks), "p50 ms", "within budget"]
+    rows = [[h["round"], count(h["params"]), count(h["macs"]), pct(h["val_accuracy"]),
+             *(pct(h["val_tasks"][t]) for t in tasks), f"{h['p50_ms']:.3f}", "yes" if h["within_budget"] else "no"]
+            for h in history]
+    return intro + markdown_table(header, rows, "r" * (len(header) - 1) + "l")
 
 
 def history_png(history: list[dict]) -> bytes:

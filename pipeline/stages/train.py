@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 from .. import architectures
-from ..core.artifacts import make_record, reuse_if_current, text_hash, trained_path
+from ..core.artifacts import make_record, text_hash, trained_path
 from ..core.framework import keras
-from ..core.keras_io import save_model
 from ..core.params import Params
 from ..data import load_dataset
 from ..training.fit import as_dataset, fit_target, seed_everything, split_accuracies
-from ..training.resume import backup_dir, finish, fit_resumable
+from ..training.resume import fit_resumable
+from .base import make
 
 
 def train(params: Params) -> Path:
@@ -29,23 +29,22 @@ def train(params: Params) -> Path:
     inputs = {"dataset": data.fingerprint, "architecture": text_hash(model.to_json())}
     planned = make_record("train", used, params.seed, inputs, dataset=data.source,
                           input_shape=list(data.input_shape), class_names=data.class_names, tasks=list(data.tasks))
-    if reuse_if_current(out, planned):
-        print(f"train: {out} is up to date (same data, params, network and versions); nothing to do", flush=True)
-        return out
-    steps = math.ceil(len(data.x_train) / params.train.batch_size)
-    rate = keras.optimizers.schedules.CosineDecay(params.train.learning_rate, steps * params.train.epochs)
-    target = fit_target(model, data, params.train, rate)
-    print(f"train: {params.model.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
-    state = backup_dir(out)
-    start = time.perf_counter()
-    keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), params.train.batch_size,
-                                            params.seed),
-                         as_dataset(data.x_val, data.labels(data.y_val), 500), params.train.epochs, state, planned["key"])
-    seconds = time.perf_counter() - start
-    metrics = {"best_epoch": keep.best_epoch + 1, **split_accuracies(model, data),
-               "train_seconds": round(seconds, 1), "history": keep.history}
-    save_model(model, out, {**planned, "metrics": metrics})
-    finish(state)
-    print(f"train: best epoch {metrics['best_epoch']}, val {metrics['val_accuracy']:.4f}, "
-          f"test {metrics['test_accuracy']:.4f} ({seconds:.0f}s) -> {out}", flush=True)
+
+    def work(state: Path):
+        steps = math.ceil(len(data.x_train) / params.train.batch_size)
+        rate = keras.optimizers.schedules.CosineDecay(params.train.learning_rate, steps * params.train.epochs)
+        target = fit_target(model, data, params.train, rate)
+        print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
+        start = time.perf_counter()
+        keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), params.train.batch_size,
+                                                params.seed),
+                             as_dataset(data.x_val, data.labels(data.y_val), 500), params.train.epochs, state,
+                             planned["key"])
+        metrics = {"best_epoch": keep.best_epoch + 1, **split_accuracies(model, data),
+                   "train_seconds": round(time.perf_counter() - start, 1), "history": keep.history}
+        print(f"train: best epoch {metrics['best_epoch']}, val {metrics['val_accuracy']:.4f}, "
+              f"test {metrics['test_accuracy']:.4f} ({metrics['train_seconds']:.0f}s) -> {out}", flush=True)
+        return model, metrics
+
+    make(out, planned, work)
     return out

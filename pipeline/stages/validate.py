@@ -5,6 +5,7 @@ record key, the test set's fingerprint and the params that made the artefacts.""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -17,15 +18,17 @@ from ..core.artifacts import (
     read_record,
     report_path,
     tflite_path,
+    write_bytes,
     write_json,
     write_text,
 )
 from ..core.errors import PipelineError
 from ..core.params import Params
+from ..core.plots import confusion_png, curves_png
 from ..core.provenance import disagreements
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..export.measure import KerasParents, measure
-from ..export.report import bound_params, flatten, make_report
+from ..export.report import bound_params, flatten, make_report, markdown
 
 
 def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> list[Path]:
@@ -68,7 +71,7 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     entries = []
     for path in files:
         start = time.perf_counter()
-        entry = measure(path, params, data, parents)
+        entry = measure(path, data, params.validate, parents)
         entries.append(entry)
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
@@ -80,39 +83,27 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     md_path = json_path.with_suffix(".md")
     write_json(json_path, report)
     write_text(md_path, markdown(report))
-    print(f"validate: {len(entries)} artefacts -> {json_path}, {md_path}")
+    pictures = draw(report, data, json_path)
+    print(f"validate: {len(entries)} artefacts -> {json_path}, {md_path}; {', '.join(map(str, pictures))}")
     return json_path
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
-def _int(value) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def markdown(report: dict) -> str:
-    lines = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
-             "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
-             "one image, after warm-up, in ms.\n",
-             "| file | accuracy | Keras | agreement | bytes | gzip bytes | p50 / p90 / p99 (1 thread) "
-             "| p50 (all cores) | params | MACs | sparsity |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for e in report["artefacts"]:
-        lat = e["latency_ms"]
-        many = e["latency_by_threads"][-1]
-        lines.append(
-            f"| {Path(e['file']).name} | {_pct(e['accuracy'])} | {_pct(e['keras_accuracy'])} "
-            f"| {_pct(e['keras_agreement'])} | {e['size_bytes']:,} | {e['gzip_bytes']:,} "
-            f"| {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | {many['p50']:.3f} ({many['threads']}) "
-            f"| {_int(e['params'])} | {_int(e['macs'])} | {_pct(e['sparsity'])} |")
-    tasks = [t for t in report["artefacts"][0].get("tasks", {})] if report["artefacts"] else []
-    if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
-        lines += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n",
-                  "| file | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-        for e in report["artefacts"]:
-            cells = [" / ".join(_pct(e["tasks"][t][k]) for k in ("accuracy", "keras_accuracy", "keras_agreement"))
-                     for t in tasks]
-            lines.append(f"| {Path(e['file']).name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def draw(report: dict, data: Dataset, json_path: Path) -> list[Path]:
+    """Beside the report: the confusion matrix of every file (per task), and the training curves of
+    every Keras model behind them whose record holds its history (trained, pruned, fine-tuned)."""
+    stem = json_path.name.removesuffix(".report.json")
+    matrices = [(f"{Path(e['file']).name}{f' ({task})' if task else ''}", scores["confusion"])
+                for e in report["artefacts"]
+                for task, scores in (e["tasks"].items() if "tasks" in e else [(None, e)])]
+    written = [json_path.with_name(f"{stem}.confusion.png")]
+    write_bytes(written[0], confusion_png(matrices, data.class_names))
+    histories = {}
+    for parent in dict.fromkeys(e["keras_model"] for e in report["artefacts"] if e["keras_model"]):
+        with contextlib.suppress(PipelineError):  # a parent that is gone or has no record: nothing to draw
+            history = ((read_record(Path(parent)) or {}).get("metrics") or {}).get("history")
+            if isinstance(history, dict) and history.get("accuracy"):
+                histories[Path(parent).name] = history
+    if histories:
+        written.append(json_path.with_name(f"{stem}.curves.png"))
+        write_bytes(written[-1], curves_png(histories))
+    return written

@@ -15,6 +15,7 @@ from ..core.artifacts import OUT_DIR, write_bytes, write_json, write_text
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..core.plots import scatter_png
+from ..core.tables import count, markdown_table, pct
 from ..data import load_dataset
 from .variants import measure_variants
 
@@ -63,24 +64,22 @@ def mtl_compare(params: Params, out_dir: Path = MTL_DIR) -> Path:
 
 def _cell(row: dict, task: str, key: str) -> str:
     found = row["tasks"].get(task)
-    return "-" if found is None else f"{100 * found[key]:.2f}"
+    return "-" if found is None else pct(found[key])
 
 
 def markdown(result: dict) -> str:
     tasks = result["tasks"]
-    head = " | ".join(f"{t} float / int8 | {t} gap" for t in tasks)
     lines = [f"# Multi-task comparison\n\nEvery variant trained for {result['epochs']} epochs with the same data, "
              f"optimiser and seed; soft-sharing coefficient {result['sharing_coefficient']}. Accuracy in % on "
              "the test set; gap: train minus validation accuracy of the kept epoch. Latency: int8, one image, "
-             f"1 thread, median of {result['latency_runs']} runs.\n",
-             f"| variant | params | MACs | {head} | int8 bytes | p50 ms |",
-             "|---|---:|---:|" + "---:|---:|" * len(tasks) + "---:|---:|"]
-    for r in [*result["variants"], result["single_tasks_together"]]:
-        cells = " | ".join(f"{_cell(r, t, 'float_accuracy')} / {_cell(r, t, 'int8_accuracy')} | {_cell(r, t, 'gap')}"
-                           for t in tasks)
-        lines.append(f"| {r['variant']} | {r['params']:,} | {r['macs'] / 1e6:.2f}M | {cells} "
-                     f"| {r['int8_bytes']:,} | {r['p50_ms']:.3f} |")
-    return "\n".join(lines) + "\n"
+             f"1 thread, median of {result['latency_runs']} runs.\n"]
+    header = ["variant", "params", "MACs"] + [c for t in tasks for c in (f"{t} float / int8", f"{t} gap")] + \
+        ["int8 bytes", "p50 ms"]
+    rows = [[r["variant"], count(r["params"]), f"{r['macs'] / 1e6:.2f}M"] +
+            [c for t in tasks for c in (f"{_cell(r, t, 'float_accuracy')} / {_cell(r, t, 'int8_accuracy')}",
+                                        _cell(r, t, "gap"))] + [count(r["int8_bytes"]), f"{r['p50_ms']:.3f}"]
+            for r in [*result["variants"], result["single_tasks_together"]]]
+    return "\n".join(lines) + "\n" + markdown_table(header, rows)
 
 
 def plot(result: dict) -> bytes:

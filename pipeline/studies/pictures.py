@@ -10,6 +10,8 @@ import numpy as np
 
 from ..core.artifacts import OUT_DIR, model_stem, write_bytes
 from ..core.errors import PipelineError
+from ..core.framework import keras
+from ..core.keras_io import load_model
 from ..core.plots import png, pyplot
 
 PICTURES_DIR = OUT_DIR / "pictures"
@@ -55,8 +57,6 @@ def filters_png(model) -> bytes:
 
 def features_png(model, image: np.ndarray, caption: str) -> bytes:
     """The image, then up to 16 feature maps after each stage, one row per stage, with its spatial size."""
-    from ..core.framework import keras
-
     plt = pyplot()
     layers = stage_outputs(model)
     probe = keras.Model(model.inputs, [layer.output for layer in layers])
@@ -105,8 +105,6 @@ def samples(data, count: int, name: str, out_dir: Path = PICTURES_DIR) -> Path:
 
 
 def pictures(model_path: Path, image: np.ndarray, caption: str, out_dir: Path = PICTURES_DIR) -> list[Path]:
-    from ..core.keras_io import load_model
-
     model = load_model(model_path)
     stem = model_stem(model_path)
     written = []

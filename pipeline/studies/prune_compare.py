@@ -10,23 +10,30 @@ all measured one after another at the end.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 from pathlib import Path
-
-import numpy as np
 
 from ..compression.channels.graph import ChannelGraph
 from ..compression.channels.ranking import CRITERIA
 from ..compression.channels.search import one_shot
-from ..core.artifacts import OUT_DIR, pruned_path, read_record, require, trained_path, write_json, write_text
+from ..core.artifacts import (
+    OUT_DIR,
+    pruned_path,
+    read_record,
+    require,
+    shrunk_path,
+    trained_path,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from ..core.keras_io import load_model
 from ..core.params import Params
+from ..core.tables import count, markdown_table, pct
 from ..data import load_dataset
-from ..export import litert
 from ..export.costs import model_costs, totals
-from ..stages.convert import representative_data, to_tflite
+from ..export.measure import measure
+from ..export.tflite import representative_data, to_tflite
 from ..stages.prune import prune
-from ..stages.shrink import shrunk_path
 
 COMPARE_DIR = OUT_DIR / "prune_compare"
 
@@ -59,20 +66,16 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     representative = representative_data(data.x_train, params.convert.representative_samples, params.seed)
     v = params.validate
     rows = []
-    out_dir.mkdir(parents=True, exist_ok=True)
     for i, (label, model) in enumerate(models.items()):
         path = out_dir / f"{i}.int8.tflite"
-        blob = to_tflite(model, "int8", representative)
-        path.write_bytes(blob)
-        predictions, (latency,) = litert.evaluate(path, data.x_test, v.batch_size, [1], v.warmup_runs, v.latency_runs)
-        truth = [data.y_test[:, k] for k in range(len(data.tasks))] if data.tasks else [data.y_test]
-        labels = [predictions[t] for t in data.tasks] if data.tasks else list(predictions.values())
+        write_bytes(path, to_tflite(model, "int8", representative))
+        entry = measure(path, data, v, threads=[1])
         cost = totals(model_costs(model))
-        rows.append({"model": label, "test_accuracy": round(float(np.mean([np.mean(a == b) for a, b in
-                                                                             zip(labels, truth)])), 5),
-                     "bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)), "params": cost["params"],
-                     "macs": cost["macs"], "sparsity": round(cost["sparsity"], 4), "p50_ms": latency["p50"]})
-        print(f"prune-compare: {label}: int8 {rows[-1]['test_accuracy']:.4f}, p50 {latency['p50']:.3f} ms", flush=True)
+        rows.append({"model": label, "test_accuracy": entry["accuracy"], "bytes": entry["size_bytes"],
+                     "gzip_bytes": entry["gzip_bytes"], "params": cost["params"], "macs": cost["macs"],
+                     "sparsity": round(cost["sparsity"], 4), "p50_ms": entry["latency_ms"]["p50"]})
+        print(f"prune-compare: {label}: int8 {rows[-1]['test_accuracy']:.4f}, p50 {rows[-1]['p50_ms']:.3f} ms",
+              flush=True)
     result = {"model": name, "removed_channels": round(fraction, 4), "latency_runs": v.latency_runs, "rows": rows}
     write_json(out_dir / "prune_compare.json", result)
     write_text(out_dir / "prune_compare.md", markdown(result))
@@ -82,14 +85,13 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
 
 def markdown(result: dict) -> str:
     base = result["rows"][0]
-    lines = [f"# Pruning compared on {result['model']}\n\nAll int8 (full-integer). Structured pruning removed "
-             f"{result['removed_channels']:.0%} of the prunable channels; the one-shot rows cut the unpruned model to "
-             "the same layer widths at once and fine-tune as long as all rounds together. Accuracy in % (test set); latency: one image, "
-             f"1 thread, median of {result['latency_runs']} runs.\n",
-             "| model | accuracy | vs unpruned | bytes | gzip bytes | params | MACs | sparsity | p50 ms | speed-up |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['model']} | {100 * r['test_accuracy']:.2f} | {100 * (r['test_accuracy'] - base['test_accuracy']):+.2f} "
-                     f"| {r['bytes']:,} | {r['gzip_bytes']:,} | {r['params']:,} | {r['macs']:,} "
-                     f"| {100 * r['sparsity']:.1f}% | {r['p50_ms']:.3f} | {base['p50_ms'] / r['p50_ms']:.2f}x |")
-    return "\n".join(lines) + "\n"
+    intro = (f"# Pruning compared on {result['model']}\n\nAll int8 (full-integer). Structured pruning removed "
+             f"{result['removed_channels']:.0%} of the prunable channels; the one-shot rows cut the unpruned model "
+             "to the same layer widths at once and fine-tune as long as all rounds together. Accuracy in % (test "
+             f"set); latency: one image, 1 thread, median of {result['latency_runs']} runs.\n\n")
+    rows = [[r["model"], pct(r["test_accuracy"]), f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f}",
+             count(r["bytes"]), count(r["gzip_bytes"]), count(r["params"]), count(r["macs"]),
+             f"{pct(r['sparsity'], 1)}%", f"{r['p50_ms']:.3f}", f"{base['p50_ms'] / r['p50_ms']:.2f}x"]
+            for r in result["rows"]]
+    return intro + markdown_table(["model", "accuracy", "vs unpruned", "bytes", "gzip bytes", "params", "MACs",
+                                   "sparsity", "p50 ms", "speed-up"], rows)

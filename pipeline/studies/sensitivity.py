@@ -8,6 +8,7 @@ from ..compression.channels.search import sensitivity
 from ..core.artifacts import OUT_DIR, model_stem, place, write_bytes, write_text
 from ..core.params import Params
 from ..core.plots import png, pyplot
+from ..core.tables import markdown_table, pct
 from ..stages.base import load_parent
 
 
@@ -17,19 +18,18 @@ def sensitivity_report(params: Params, model_path: Path | None = None) -> Path:
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     stem = model_stem(source)
     base, rows = sensitivity(model, data, params.structured.criterion)
-    ratios = sorted({r["ratio"] for r in rows})
-    lines = [f"# Sensitivity of {stem}\n\nValidation accuracy (%) after removing a share of one layer's channels "
-             f"(ranked by {params.structured.criterion}), the rest untouched, no retraining. Unpruned: "
-             f"{100 * base:.2f}.\n", "| layer | channels | " + " | ".join(f"{r:.0%}" for r in ratios) + " |",
-             "|---|---:|" + "---:|" * len(ratios)]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(" + ".join(r["layers"]), []).append(r)
-    for name, found in groups.items():
-        lines.append(f"| {name} | {found[0]['channels']} | " +
-                     " | ".join(f"{100 * r['val_accuracy']:.2f}" for r in found) + " |")
+    ratios = sorted({r["ratio"] for r in rows})
+    table = markdown_table(["layer", "channels", *(f"{r:.0%}" for r in ratios)],
+                           [[name, found[0]["channels"], *(pct(r["val_accuracy"]) for r in found)]
+                            for name, found in groups.items()])
+    intro = (f"# Sensitivity of {stem}\n\nValidation accuracy (%) after removing a share of one layer's channels "
+             f"(ranked by {params.structured.criterion}), the rest untouched, no retraining. Unpruned: "
+             f"{pct(base)}.\n\n")
     out = place(OUT_DIR / f"{stem}.sensitivity.md", source, params.name)
-    write_text(out, "\n".join(lines) + "\n")
+    write_text(out, intro + table)
     write_bytes(out.with_suffix(".png"), sensitivity_png(groups, base))
     print(f"sensitivity: {len(groups)} layers -> {out}", flush=True)
     return out

@@ -14,6 +14,7 @@ from ..architectures import resolve
 from ..core.artifacts import OUT_DIR, write_bytes, write_json, write_text
 from ..core.params import Params
 from ..core.plots import scatter_png
+from ..core.tables import count, markdown_table, pct
 from .variants import measure_variants
 
 ZOO_DIR = OUT_DIR / "zoo"
@@ -49,14 +50,11 @@ def zoo(params: Params, out_dir: Path = ZOO_DIR) -> Path:
 def markdown(result: dict) -> str:
     lines = [f"# Architecture comparison\n\nEvery variant trained for {result['epochs']} epochs with the same "
              "data, optimiser and seed. Accuracy in % on the test set. Latency: int8, one image, 1 thread, "
-             f"median of {result['latency_runs']} runs. Gap: train minus validation accuracy of the kept epoch.\n",
-             "| variant | block | pooling | params | MACs | float acc | int8 acc | int8 bytes | p50 ms "
-             "| train acc | val acc | gap | train s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["variants"]:
-        pooling = r["pooling"] if isinstance(r["pooling"], str) else "/".join(r["pooling"])
-        lines.append(f"| {r['variant']} | {r['block']} | {pooling} | {r['params']:,} | {r['macs'] / 1e6:.2f}M "
-                     f"| {100 * r['float_accuracy']:.2f} | {100 * r['int8_accuracy']:.2f} | {r['int8_bytes']:,} "
-                     f"| {r['p50_ms']:.3f} | {100 * r['train_accuracy']:.2f} | {100 * r['val_accuracy']:.2f} "
-                     f"| {100 * r['gap']:.2f} | {r['train_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+             f"median of {result['latency_runs']} runs. Gap: train minus validation accuracy of the kept epoch.\n"]
+    rows = [[r["variant"], r["block"], r["pooling"] if isinstance(r["pooling"], str) else "/".join(r["pooling"]),
+             count(r["params"]), f"{r['macs'] / 1e6:.2f}M", pct(r["float_accuracy"]), pct(r["int8_accuracy"]),
+             count(r["int8_bytes"]), f"{r['p50_ms']:.3f}", pct(r["train_accuracy"]), pct(r["val_accuracy"]),
+             pct(r["gap"]), f"{r['train_seconds']:.0f}"] for r in result["variants"]]
+    header = ["variant", "block", "pooling", "params", "MACs", "float acc", "int8 acc", "int8 bytes", "p50 ms",
+              "train acc", "val acc", "gap", "train s"]
+    return "\n".join(lines) + "\n" + markdown_table(header, rows, "lll" + "r" * 10)

@@ -71,7 +71,8 @@ class ChannelGraph:
                 self.space_of[name] = spaces[0]
                 if inbound[0] in self.flat:
                     self.flat[name] = self.flat[inbound[0]]
-                if kind in ("ReLU", "Activation") and spaces[0] is not None and self.spaces[spaces[0]].activation is None:
+                first = spaces[0] is not None and self.spaces[spaces[0]].activation is None
+                if kind in ("ReLU", "Activation") and first:
                     self.spaces[spaces[0]].activation = name
             elif kind == "Add":
                 self.space_of[name] = self.union(spaces, name)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.errors import PipelineError
-from ...core.framework import keras, tf
 from .graph import ChannelGraph, Space
 
+# The registry of criteria (params' structured.criterion accepts these). Importing this module does not
+# import TensorFlow: params reads the names.
 CRITERIA = ("l1", "l2", "mean_activation", "apoz", "taylor")
 
 
@@ -32,6 +33,8 @@ def activation_scores(graph: ChannelGraph, spaces: list[Space], x: np.ndarray, y
 
     The activation is the space's first ReLU (after its Add, for a tied space), or the producer's
     output when nothing activates it (linear projections)."""
+    from ...core.framework import keras, tf
+
     names = [s.activation or s.output for s in spaces]
     model = graph.model
     probe = keras.Model(model.inputs, [graph.layers[n].output for n in names] + [model.outputs])
