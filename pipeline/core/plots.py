@@ -54,6 +54,7 @@ def curves_png(histories: dict[str, dict[str, list[float]]]) -> bytes:
                         label="validation" if key.startswith("val_") else "training")
             ax.set_title(f"{label}: {metric}", fontsize=9)
             ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()

@@ -19,6 +19,7 @@ from ..core.errors import PipelineError, clip, short
 from ..core.params import Params
 from ..core.tables import count, markdown_table, pct, text_table
 from ..data import Dataset, fingerprint
+from .measure import parse_name
 
 SCHEMA = 2
 # The params that decide what the shipped files are and how they are scored (data.dir only says where
@@ -255,27 +256,55 @@ def file_problems(report: dict, root: Path = Path()) -> list[tuple[str, str]]:
     return problems
 
 
+# --- latency within one run ----------------------------------------------------------------------
+
+
+def p50(e: dict | None) -> float | None:
+    latency = (e or {}).get("latency_ms")
+    return latency.get("p50") if isinstance(latency, dict) else None
+
+
+def sibling(file: str, fmt: str | None = None, unpruned: bool = False) -> str | None:
+    """The report entry name of ``file``'s model in another format, or of its unpruned parent in the
+    same format; None when ``file`` has no such sibling by name."""
+    path = Path(file)
+    model, own = parse_name(path)
+    if own == "unknown" or (unpruned and not model.endswith(".pruned")) or (fmt is not None and fmt == own):
+        return None
+    return path.with_name(f"{model.removesuffix('.pruned') if unpruned else model}.{fmt or own}.tflite").as_posix()
+
+
+def latency_ratio(e: dict, entries: dict[str, dict], **which) -> float | None:
+    """p50 of ``e`` over p50 of its sibling, both measured in the same run."""
+    other = sibling(e["file"], **which)
+    mine, theirs = p50(e), p50(entries.get(other)) if other else None
+    return None if mine is None or not theirs else round(mine / theirs, 4)
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown: one table of every file, per-task and per-class accuracy, and where and
     when it was measured. Written to ``<name>.report.md``; it reads as a CI job summary."""
     entries = report["artefacts"]
     env = report.get("environment", {})
     header = ["file", "accuracy", "Keras", "agreement", "bytes", "gzip bytes", "p50 / p90 / p99 ms (1 thread)",
-              "p50 ms (all cores)", "params", "MACs", "sparsity"]
+              "p50 vs float32", "p50 ms (all cores)", "params", "MACs", "sparsity"]
+    by_file = {e["file"]: e for e in entries}
     rows = []
     for e in entries:
         lat, many = e["latency_ms"], e["latency_by_threads"][-1]
         rows.append([Path(e["file"]).name, pct(e["accuracy"]), pct(e["keras_accuracy"]), pct(e["keras_agreement"]),
                      count(e["size_bytes"]), count(e["gzip_bytes"]),
                      f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f}",
+                     "-" if (ratio := latency_ratio(e, by_file, fmt="float32")) is None else f"{ratio:.2f}×",
                      f"{many['p50']:.3f} ({many['threads']})",
                      count(e["params"]), count(e["macs"]), pct(e["sparsity"])])
     parts = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
              "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
-             "one image, after warm-up, in ms.\n", markdown_table(header, rows)]
+             "one image, after warm-up, in ms; *vs float32*: its p50 over the float32 file's of the same model, "
+             "both timed in this run.\n\n", markdown_table(header, rows)]
     tasks = list(entries[0].get("tasks", {})) if entries else []
     if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
-        parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n",
+        parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n\n",
                   markdown_table(["file", *tasks], [[Path(e["file"]).name] + [
                       " / ".join(pct(e["tasks"][t][k]) for k in ("accuracy", "keras_accuracy", "keras_agreement"))
                       for t in tasks] for e in entries])]
@@ -284,7 +313,7 @@ def markdown(report: dict) -> str:
         names = list((classes[0].get("per_class") or {})) if classes else []
         if names:
             parts += [f"\nAccuracy per class{f' ({task})' if task else ''}, in %: one class can collapse while "
-                      "the mean holds.\n", markdown_table(["file", *names], [
+                      "the mean holds.\n\n", markdown_table(["file", *names], [
                           [Path(e["file"]).name] + [pct(c["per_class"].get(n)) for n in names]
                           for e, c in zip(entries, classes)])]
     if env:

@@ -22,14 +22,16 @@ from ..core.params import CheckParams, ParamsError, read_yaml
 from ..core.provenance import chain, disagreements
 from ..core.tables import text_table
 from ..data import load_dataset
-from ..export.measure import KerasParents, measure, parse_name
+from ..export.measure import KerasParents, measure
 from ..export.report import (
     SCHEMA,
     file_problems,
     flatten,
+    latency_ratio,
     load_report,
     params_difference,
     params_hash,
+    sibling,
     test_set,
 )
 
@@ -49,28 +51,6 @@ def _drop(e: dict) -> float | None:
     return None if e.get("keras_accuracy") is None else e["keras_accuracy"] - e["accuracy"]
 
 
-def _p50(e: dict | None) -> float | None:
-    latency = (e or {}).get("latency_ms")
-    return latency.get("p50") if isinstance(latency, dict) else None
-
-
-def sibling(file: str, fmt: str | None = None, unpruned: bool = False) -> str | None:
-    """The report entry name of ``file``'s model in another format, or of its unpruned parent in the
-    same format; None when ``file`` has no such sibling by name."""
-    path = Path(file)
-    model, own = parse_name(path)
-    if own == "unknown" or (unpruned and not model.endswith(".pruned")) or (fmt is not None and fmt == own):
-        return None
-    return path.with_name(f"{model.removesuffix('.pruned') if unpruned else model}.{fmt or own}.tflite").as_posix()
-
-
-def _ratio(e: dict, entries: dict[str, dict], **which) -> float | None:
-    """p50 of ``e`` over p50 of its sibling, both measured in the same run."""
-    other = sibling(e["file"], **which)
-    mine, theirs = _p50(e), _p50(entries.get(other)) if other else None
-    return None if mine is None or not theirs else round(mine / theirs, 4)
-
-
 # Latency gates are ratios of two latencies of the same run, so that a slower machine does not fail
 # them, but a change that makes one file slower relative to its sibling does.
 RATIOS = {"max_p50_vs_float32": {"fmt": "float32"}, "max_p50_vs_unpruned": {"unpruned": True}}
@@ -83,7 +63,8 @@ GATES: dict[str, tuple[Callable[[dict, dict], Any], bool]] = {
     "max_drop": (lambda e, _: _drop(e), False),
     "max_size_bytes": (lambda e, _: e["size_bytes"], False),
     "max_gzip_bytes": (lambda e, _: e["gzip_bytes"], False),
-    **{name: ((lambda w: lambda e, entries: _ratio(e, entries, **w))(which), False) for name, which in RATIOS.items()},
+    **{name: ((lambda w: lambda e, entries: latency_ratio(e, entries, **w))(which), False)
+       for name, which in RATIOS.items()},
     # one class's accuracy: min_class_accuracy:<class>, or min_class_accuracy:<task>:<class> (multi-task)
     "min_class_accuracy": (lambda e, _: None, True),
 }
@@ -269,7 +250,7 @@ def gates_from_report(report: dict, margins: CheckParams) -> dict[str, dict[str,
         g["max_gzip_bytes"] = int(e["gzip_bytes"] * (1 + margins.size_margin))
         if margins.latency_gates:
             for gate, which in RATIOS.items():
-                ratio = _ratio(e, entries, **which)
+                ratio = latency_ratio(e, entries, **which)
                 if ratio is not None:
                     other = entries[sibling(e["file"], **which)]
                     spread = (e["latency_ms"].get("spread") or 0) + (other["latency_ms"].get("spread") or 0)
