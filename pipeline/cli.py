@@ -11,11 +11,48 @@ from pathlib import Path
 import click
 
 from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_path
-from .core.errors import PipelineError, short
-from .core.params import load_params, param_files
+from .core.errors import PipelineError, clip, short
+from .core.params import load_params, param_files, parse_override
 
 # Commands that only read the project: they run beside a stage without taking its lock.
 READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
+
+# The params each command reads (a section, or one key). A --set outside them has no effect there: a
+# warning, so that an experiment is never believed to have changed something it did not. The stages
+# read the sections of the stages before them too: they check that their inputs were made with them.
+CHAIN = ("name", "seed", "data", "model", "train")
+READS = {
+    "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "prune"),
+    "shrink": (*CHAIN, "structured", "convert.representative_samples", "validate"),
+    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, "prune", "convert"),
+    "validate": (*CHAIN, "prune", "convert", "validate"), "check": (*CHAIN, "prune", "convert", "validate", "check"),
+    "summary": ("seed", "data", "model"), "samples": ("seed", "data"), "pictures": ("name", "seed", "data"),
+    "prune_compare": (*CHAIN, "prune", "structured", "convert", "validate"),
+    "zoo": ("seed", "data", "model.dropout", "train", "convert", "validate", "zoo"),
+    "mtl_compare": (*CHAIN, "convert", "validate"),
+}
+# Keys a study sets itself, per variant: a --set of one of them is refused, since it would be overwritten.
+OVERRIDDEN = {
+    "zoo": ("name", "model.architecture", "model.width", "model.options"),
+    "mtl_compare": ("data.tasks", "model.options.sharing", "train.loss_weighting", "train.sharing_penalty"),
+}
+
+
+def _covers(prefixes: tuple[str, ...], key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def unread_overrides(command: str, overrides: tuple[str, ...]) -> list[str]:
+    """The --set keys ``command`` does not read (warned about); PipelineError for one it overrides."""
+    unread = []
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if _covers(OVERRIDDEN.get(command, ()), key):
+            raise PipelineError(f"{command.replace('_', '-')}: --set {clip(key, 60)} has no effect: the study sets "
+                                f"it per variant ({', '.join(OVERRIDDEN[command])})")
+        if command in READS and not _covers(READS[command], key):
+            unread.append(key)
+    return unread
 
 
 def stage_options(fn):
@@ -45,6 +82,9 @@ def stage_options(fn):
         try:
             with sigterm_as_interrupt():
                 params = load_params(params_file, overrides)
+                for key in unread_overrides(fn.__name__, overrides):
+                    click.echo(f"warning: {fn.__name__.replace('_', '-')} does not read {clip(key, 60)}; "
+                               "that --set has no effect here", err=True)
                 lock = contextlib.nullcontext() if fn.__name__ in READ_ONLY else project_lock()
                 with lock:
                     sweep_leftovers()

@@ -1,5 +1,6 @@
 """What users get wrong, fed to the stages on purpose: each gets one clear line, exit 1, no damage."""
 
+import json
 import string
 
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import architectures
+from pipeline.core.artifacts import file_hash
 from pipeline.core.errors import PipelineError
 from pipeline.core.framework import keras, tf
 from pipeline.core.keras_io import load_model, save_model
@@ -129,7 +131,9 @@ def test_validate_refuses_an_unsafe_parent_named_by_a_record(copy_of_smoke, monk
     model_around(keras.layers.Lambda(touch, name="touch")).save(copy_of_smoke / "evil.h5")
     marker.unlink()
     record = copy_of_smoke / "tflite_out" / "smoke.int8.tflite.json"
-    record.write_text(record.read_text().replace('"models/smoke.keras"', '"evil.h5"'))
+    made = json.loads(record.read_text())
+    made["keras_model"], made["inputs"]["model"] = "evil.h5", file_hash(copy_of_smoke / "evil.h5")  # made from it
+    record.write_text(json.dumps(made))
     from pipeline.stages.validate import validate
 
     monkeypatch.chdir(copy_of_smoke)

@@ -12,7 +12,13 @@ from pipeline.core.artifacts import file_hash, write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import CheckParams, load_params
 from pipeline.export.report import load_report, make_report
-from pipeline.stages.check import check, gates_from_report, load_gates, update_gates, violations
+from pipeline.stages.check import (
+    check,
+    gates_from_report,
+    load_gates,
+    update_gates,
+    violations,
+)
 
 MARGINS = CheckParams(accuracy_margin=0.01, drop_margin=0.005, size_margin=0.05)
 PARAMS = load_params(ROOT / "params.yaml")

@@ -181,7 +181,7 @@ def test_params_strings_cannot_inject_commands_into_make_and_odd_paths_still_wor
     folder = tmp_path / "my configs #1"
     folder.mkdir()
     shutil.copy(ROOT / "params.yaml", folder / "base $(x) ;v1.yaml")
-    (folder / "c.yaml").write_text("extends: 'base $(x) ;v1.yaml'\n"
+    (folder / "c.yaml").write_text("extends: 'base $(x) ;v1.yaml'\nname: c\n"
                                    "check: {gates: 'gates/g.yaml$(shell touch injected)'}\n")
     result = CliRunner().invoke(cli, ["paths", "--params", str(folder / "c.yaml")])
     assert result.exit_code == 0, result.output

@@ -17,7 +17,12 @@ from pipeline.export import litert
 from pipeline.export.tflite import representative_data, to_tflite
 from pipeline.stages.check import gates_from_report, violations
 from pipeline.training.fit import predict_labels
-from pipeline.training.multitask import MultiTaskTrainer, sharing_penalty, tower_groups, trace_norm
+from pipeline.training.multitask import (
+    MultiTaskTrainer,
+    sharing_penalty,
+    tower_groups,
+    trace_norm,
+)
 
 TASKS = ("top_left", "bottom_right")
 
@@ -224,7 +229,8 @@ def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(t
 @pytest.mark.e2e
 def test_mtl_compare_trains_every_variant_and_sums_the_single_task_models(tmp_path):
     project = new_project(tmp_path)
-    run_cli("mtl-compare", *MULTI, "--set", "train.epochs=1", "--set", "data.limit_train=1200", cwd=project)
+    run_cli("mtl-compare", *MULTI, "--set", "train.epochs=1", "--set", "data.limit_train=1200",
+            "--set", "data.limit_test=200", cwd=project)
     result = json.loads((project / "tflite_out" / "mtl" / "mtl.json").read_text())
     names = [r["variant"] for r in result["variants"]]
     assert names == ["single_top_left", "single_bottom_right", "hard", "soft_l2", "soft_trace", "hard_uncertainty"]

@@ -16,7 +16,12 @@ from conftest import ROOT, SMOKE, fails_cleanly, new_project, run_cli, snapshot
 from pipeline import architectures
 from pipeline.core.errors import PipelineError
 from pipeline.core.framework import keras
-from pipeline.core.runner import CHILD_PREFIX, child_tempdir, project_lock, sweep_leftovers
+from pipeline.core.runner import (
+    CHILD_PREFIX,
+    child_tempdir,
+    project_lock,
+    sweep_leftovers,
+)
 from pipeline.export.tflite import to_tflite
 
 HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.core.runner import project_lock\n" \

@@ -204,21 +204,25 @@ def test_the_rounds_stop_once_the_target_is_reached():
 def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_of_smoke):
     from conftest import SMOKE, run_cli
 
-    # fine-tuning on 1,500 of the smoke model's 5,000 training images: this test is about the plumbing
-    shrink = ("--set", "data.limit_train=1500", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
+    # the smoke model trained again on 600 training and 200 test images: this test is about the plumbing
+    shrink = ("--set", "data.limit_train=600", "--set", "data.limit_test=200", "--set", "validate.latency_runs=20",
+              "--set", "prune.frequency=1", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
               "--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
               "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
               "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
+    for stage in ("train", "prune"):  # the smoke model again, on that subset: a stage reads what its params make
+        run_cli(stage, *SMOKE, *shrink, cwd=copy_of_smoke)
     run_cli("shrink", *SMOKE, *shrink, cwd=copy_of_smoke)
     shrunk = copy_of_smoke / "models" / "smoke.shrunk.keras"
     record = json.loads((copy_of_smoke / "models" / "smoke.shrunk.keras.json").read_text())
     history = record["metrics"]["history"]
     assert [h["round"] for h in history] == [0, 1, 2] and history[2]["macs"] < history[1]["macs"] < history[0]["macs"]
     assert "| 2 |" in (copy_of_smoke / "tflite_out" / "smoke.shrunk.md").read_text()
-    run_cli("sensitivity", *SMOKE, cwd=copy_of_smoke)
+    run_cli("sensitivity", *SMOKE, *shrink, cwd=copy_of_smoke)
     assert "| stage2_conv | 8 |" in (copy_of_smoke / "tflite_out" / "smoke.sensitivity.md").read_text()
     for stage in ("prune", "convert", "validate"):  # structured removal, then TF-MOT on the narrower model
-        run_cli(stage, *SMOKE, *shrink, "--model", str(shrunk), cwd=copy_of_smoke)
+        run_cli(stage, *SMOKE, *shrink, "--set", "convert.formats=[float32, int8]", "--model", str(shrunk),
+                cwd=copy_of_smoke)
     report = json.loads((copy_of_smoke / "tflite_out" / "smoke.shrunk.report.json").read_text())
     assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
     assert (copy_of_smoke / "models" / "smoke.shrunk.pruned.keras").is_file()

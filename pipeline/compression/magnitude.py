@@ -11,7 +11,7 @@ from ..core.params import PruneParams, TrainParams
 from ..data import Dataset
 from ..export.costs import layer_cost
 from ..training.fit import as_dataset, fit_target, seed_everything
-from ..training.resume import fit_resumable
+from ..training.resume import Diverged, divergence_hint, fit_resumable
 
 sparsity = tfmot.sparsity.keras
 
@@ -93,5 +93,7 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
     keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), p.batch_size, seed),
                          as_dataset(data.x_val, data.labels(data.y_val), 500), p.epochs, state_dir, key,
-                         callbacks=[sparsity.UpdatePruningStep()], first_best_epoch=p.end_epoch - 1)
+                         callbacks=[sparsity.UpdatePruningStep(), Diverged(
+                             "pruning's fine-tuning", divergence_hint(data.tasks, "prune.learning_rate"))],
+                         first_best_epoch=p.end_epoch - 1)
     return wrapped, sparsity.strip_pruning(wrapped), keep

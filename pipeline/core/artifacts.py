@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .code import code_hash
-from .errors import PipelineError
+from .errors import PipelineError, short
 
 MODELS_DIR = Path("models")
 OUT_DIR = Path("tflite_out")
@@ -93,6 +93,32 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+NAME_MAX = 255  # bytes in one file name, on every common file system
+
+
+def check_writable(path: Path) -> None:
+    """Before any work: the folder of ``path`` exists or can be made, and can be written; and the
+    longest name the artefact brings (its record, its temporary file, its resume folder) fits the
+    file system. A stage or study calls this for what it will write, so that it never fails after
+    hours of training on a name or a folder."""
+    longest = max(f".{path.stem}.xxxxxxxx.tmp{path.suffix}", f".{path.name}.resume", path.name + ".json",
+                  key=lambda name: len(name.encode()))
+    if len(longest.encode()) > NAME_MAX:
+        spare = NAME_MAX - (len(longest.encode()) - len(path.name.encode()))
+        raise PipelineError(f"{short(path.name, 60)}: the name is {len(path.name.encode())} bytes; with its record "
+                            f"and temporary files it must be at most {spare} (file systems allow {NAME_MAX}). "
+                            "Shorten the config's name or your model's file name")
+    for folder in [path.parent, *path.parent.parents]:
+        if folder.exists() and not folder.is_dir():
+            raise PipelineError(f"cannot write {path}: {folder} is a file, not a folder; move it away")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PipelineError(f"cannot write to {path.parent}: permission denied")
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -496,7 +496,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()) -> Params:
     """Load, merge, override and validate params. Raises :class:`ParamsError` on any problem."""
     raw: dict[str, Any] = {}
-    for file in param_files(path):
+    files = param_files(path)
+    for file in files:
         layer = _read_yaml(file)
         layer.pop("extends", None)
         raw = _merge(raw, layer)
@@ -510,4 +511,10 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | l
         node[keys[-1]] = value
     params = _build(Params, raw, "")
     params.check_all()
+    # a config that extends another names its own artefacts: with the base's name, training it would
+    # overwrite the base's model, and the base's stages would then read a foreign network
+    named = "name" in _read_yaml(files[-1]) or any(parse_override(text)[0] == ["name"] for text in overrides)
+    if len(files) > 1 and not named:
+        raise ParamsError(f"params: {files[-1]} extends {files[-2]} but sets no name of its own, so its "
+                          f"artefacts would overwrite those of {params.name!r}; add a `name:` line")
     return params

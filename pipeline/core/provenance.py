@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..export.report import BOUND, flatten
-from .artifacts import read_record
+from .artifacts import file_hash, read_record
 
 MAX_CHAIN = 8  # tflite -> pruned -> shrunk -> trained is 4; more means a loop or a hand-made chain
 
@@ -60,6 +60,26 @@ def chain(path: Path) -> tuple[dict[str, tuple[Any, str]], bool]:
             return claims, True
         current = Path(parent) if isinstance(parent, str) and parent else None
     return claims, False
+
+
+def stale_link(path: Path) -> tuple[Path, Path] | None:
+    """(artefact, parent) for the first artefact in the chain behind ``path`` that was made from
+    another version of its parent than the one on disk now (the parent was re-made since: another
+    seed, other params), or None."""
+    current: Path | None = path
+    for _ in range(MAX_CHAIN):
+        record = read_record(current) if current is not None and _is_file(current) else None
+        if not record:
+            return None
+        parent = record.get("keras_model") if record.get("stage") == "convert" else record.get("parent")
+        made_from = (record.get("inputs") or {}).get("model")
+        if not isinstance(parent, str) or not parent:
+            return None
+        parent_path = Path(parent)
+        if isinstance(made_from, str) and _is_file(parent_path) and file_hash(parent_path) != made_from:
+            return current, parent_path
+        current = parent_path
+    return None
 
 
 def claimed(path: Path) -> dict[str, tuple[Any, str]]:

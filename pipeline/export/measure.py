@@ -76,7 +76,9 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
     predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, threads, v.warmup_runs, v.latency_runs,
                                              num_classes=data.num_classes)
     heads = data.tasks or ("label",)
-    if sorted(predictions) != sorted(heads) and not (len(heads) == 1 and len(predictions) == 1):
+    # a model for named tasks must name the same ones (one top_left head is not a bottom_right model); a
+    # plain single-task model's one output may be called anything
+    if sorted(predictions) != sorted(heads) and not (not data.tasks and len(predictions) == 1):
         raise PipelineError(f"{path}: outputs {', '.join(sorted(predictions))} do not match the data's "
                             f"{'tasks ' + ', '.join(heads) if data.tasks else 'single label'}")
     if len(heads) == 1:
@@ -85,6 +87,9 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
     parent_path = record.get("keras_model")
     parent = parents.get(parent_path) if parents is not None and isinstance(parent_path, str) else None
     keras_labels = _by_task(parent[0], data.tasks) if parent else {}
+    if parent and sorted(keras_labels) != sorted(predictions):
+        raise PipelineError(f"{path}: its Keras parent {parent_path} has outputs {', '.join(sorted(keras_labels))}, "
+                            f"the file has {', '.join(sorted(predictions))}")
     per_task = {}
     for task in heads:
         matrix = confusion(truth[task], predictions[task], data.num_classes)

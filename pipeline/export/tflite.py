@@ -44,7 +44,10 @@ CALIBRATED = ("int8",)
 def to_tflite(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
     """Convert one Keras model to one TFLite format (``representative``: calibration images, for the
     formats in :data:`CALIBRATED`)."""
-    from ..core.framework import native_output_silenced, tf  # TensorFlow only when converting
+    from ..core.framework import (  # TensorFlow only when converting
+        native_output_silenced,
+        tf,
+    )
 
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}")

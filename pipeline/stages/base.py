@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.artifacts import (
+    check_writable,
+    is_config_model,
     read_record,
     require,
     reuse_if_current,
@@ -16,36 +18,63 @@ from ..core.artifacts import (
 from ..core.errors import PipelineError
 from ..core.keras_io import check_fits_data, load_model, save_model
 from ..core.params import Params
+from ..core.provenance import disagreements, stale_link
 from ..data import Dataset, load_dataset
-from ..training.resume import backup_dir, finish
+from ..export.report import bound_params, flatten
+from ..training.resume import DivergedError, backup_dir, finish
 
 
-def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, dict[str, Any] | None]]) -> bool:
+def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, dict[str, Any] | None]]) -> None:
     """Plan, reuse or work, save, finish: the skeleton of every stage that writes an artefact.
 
     If ``out`` is current for the ``planned`` record (same inputs, params, code and versions), say so
-    and return False. Otherwise ``work(state_dir)`` returns what to write (a Keras model, or bytes)
+    and do nothing. Otherwise ``work(state_dir)`` returns what to write (a Keras model, or bytes)
     and the metrics for its record; it may keep per-epoch resume state in ``state_dir``, which is
-    removed once the artefact and its record are on disk. Returns True."""
+    removed once the artefact and its record are on disk."""
     stage = planned["stage"]
     if reuse_if_current(out, planned):
         print(f"{stage}: {out} is up to date (same inputs, params, code and versions); nothing to do", flush=True)
-        return False
+        return
+    check_writable(out)
     state = backup_dir(out)
-    made, metrics = work(state)
+    try:
+        made, metrics = work(state)
+    except DivergedError:  # resuming would only diverge again
+        finish(state)
+        raise
     record = {**planned, "metrics": metrics} if metrics is not None else planned
     if isinstance(made, bytes):
         save_with_record(out, lambda tmp: tmp.write_bytes(made), record)
     else:
         save_model(made, out, record)
     finish(state)
-    return True
+
+
+def refuse_foreign(path: Path, params: Params) -> None:
+    """One line if the config's own artefact ``path`` is not what these params make: the records behind
+    it say other params (a ``--set`` experiment, or another config that wrote the same name), or one of
+    them was made from an earlier version of its parent (re-made since). Files brought from elsewhere
+    (``--model``, files without records) are judged as what they are, and not refused."""
+    flat = flatten(bound_params(params))
+    for key, made, now, record in disagreements(path, flat):
+        stage = (read_record(Path(record.removesuffix(".json"))) or {}).get("stage", "train")
+        raise PipelineError(f"{path} was made with {key}={made!r} ({record}); these params say {now!r}. Re-make "
+                            f"it with these params (`make {stage}` re-makes what is stale), or give the same "
+                            "--set it was made with")
+    stale = stale_link(path)
+    if stale:
+        made, parent = stale
+        stage = (read_record(made) or {}).get("stage", "convert")
+        raise PipelineError(f"{made} was made from an earlier {parent} (it was re-made since); re-make it "
+                            f"(`make {stage}`)")
 
 
 def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]):
     """(path, model, data) for a stage that starts from the trained model (or a user's ``model_path``),
     refusing a model made by one of the stages in ``refuse`` and one that does not fit the data."""
     source = model_path or require(trained_path(params.name), "mobiledeploy train")
+    if is_config_model(source, params.name):
+        refuse_foreign(source, params)
     stage = (read_record(source) or {}).get("stage")
     if stage in refuse:
         raise PipelineError(f"{source} is already a {'shrunk' if stage == 'shrink' else 'pruned'} model; "

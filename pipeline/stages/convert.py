@@ -21,14 +21,17 @@ from ..core.keras_io import check_fits_data, load_model
 from ..core.params import Params
 from ..data import Dataset, load_dataset
 from ..export.tflite import CALIBRATED, representative_data, to_tflite
-from .base import make
+from .base import make, refuse_foreign
 
 
 def sources(params: Params, model_path: Path | None) -> list[Path]:
     if model_path is not None:
         return [model_path]
-    return [require(trained_path(params.name), "mobiledeploy train"),
-            require(pruned_path(params.name), "mobiledeploy prune")]
+    own = [require(trained_path(params.name), "mobiledeploy train"),
+           require(pruned_path(params.name), "mobiledeploy prune")]
+    for path in own:  # what the config ships must be what these params make
+        refuse_foreign(path, params)
+    return own
 
 
 def convert(params: Params, model_path: Path | None = None) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..compression.channels.search import iterate
 from ..core.artifacts import (
     OUT_DIR,
+    check_writable,
     file_hash,
     make_record,
     model_stem,
@@ -59,6 +60,8 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     s = params.structured
+    pages = [place(OUT_DIR / f"{stem}.shrunk.{kind}", source, params.name) for kind in ("md", "png")]
+    check_writable(pages[0])
 
     def work(_state: Path):
         rounds = f"{s.max_rounds} round{'s' if s.max_rounds != 1 else ''}"
@@ -69,8 +72,8 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
         kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
         metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1),
                    "history": history}
-        write_text(place(OUT_DIR / f"{stem}.shrunk.md", source, params.name), history_markdown(stem, s, history))
-        write_bytes(place(OUT_DIR / f"{stem}.shrunk.png", source, params.name), history_png(history))
+        write_text(pages[0], history_markdown(stem, s, history))
+        write_bytes(pages[1], history_png(history))
         kept_row = [h for h in history if h["within_budget"]][-1]
         print(f"shrink: kept round {kept_row['round']}: {kept_row['macs'] / history[0]['macs']:.0%} of the MACs, "
               f"p50 {kept_row['p50_ms']:.3f} ms (from {history[0]['p50_ms']:.3f}), test "

@@ -12,7 +12,7 @@ from ..core.framework import keras
 from ..core.params import Params
 from ..data import load_dataset
 from ..training.fit import as_dataset, fit_target, seed_everything, split_accuracies
-from ..training.resume import fit_resumable
+from ..training.resume import Diverged, divergence_hint, fit_resumable
 from .base import make
 
 
@@ -39,7 +39,7 @@ def train(params: Params) -> Path:
         keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), params.train.batch_size,
                                                 params.seed),
                              as_dataset(data.x_val, data.labels(data.y_val), 500), params.train.epochs, state,
-                             planned["key"])
+                             planned["key"], [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))])
         metrics = {"best_epoch": keep.best_epoch + 1, **split_accuracies(model, data),
                    "train_seconds": round(time.perf_counter() - start, 1), "history": keep.history}
         print(f"train: best epoch {metrics['best_epoch']}, val {metrics['val_accuracy']:.4f}, "

@@ -25,10 +25,10 @@ from ..core.artifacts import (
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..core.plots import confusion_png, curves_png
-from ..core.provenance import disagreements
 from ..data import Dataset, load_dataset
 from ..export.measure import KerasParents, measure
-from ..export.report import bound_params, flatten, make_report, markdown
+from ..export.report import make_report, markdown
+from .base import refuse_foreign
 
 
 def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> list[Path]:
@@ -51,21 +51,12 @@ def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     return files
 
 
-def refuse_other_params(files: list[Path], params: Params) -> None:
-    """One line naming the first file whose records say it was made with other params than these."""
-    flat = flatten(bound_params(params))
-    for path in files:
-        for key, made, now, record in disagreements(path, flat):  # (a file without records: judged as it is)
-            raise PipelineError(f"{path} was made with {key}={made!r} ({record}); these params say {now!r}. Re-make "
-                                "it with these params (make convert, or the stage that owns the key), or validate "
-                                "with the same --set it was made with")
-
-
 def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
     """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them."""
     files = discover(params, keras_model, out_dir)
     if keras_model is None:  # the config's own files must be what these params make
-        refuse_other_params(files, params)
+        for path in files:
+            refuse_foreign(path, params)
     data = load_dataset(params.data, params.seed)
     parents = KerasParents(data.x_test)
     entries = []

@@ -13,10 +13,11 @@ import dataclasses
 from pathlib import Path
 
 from ..compression.channels.graph import ChannelGraph
-from ..compression.channels.ranking import CRITERIA
+from ..compression.channels.ranking import CRITERIA, rank, refuse_ties
 from ..compression.channels.search import one_shot
 from ..core.artifacts import (
     OUT_DIR,
+    check_writable,
     pruned_path,
     read_record,
     require,
@@ -26,6 +27,7 @@ from ..core.artifacts import (
     write_json,
     write_text,
 )
+from ..core.errors import PipelineError
 from ..core.keras_io import load_model
 from ..core.params import Params
 from ..core.tables import count, markdown_table, pct
@@ -33,6 +35,7 @@ from ..data import load_dataset
 from ..export.costs import model_costs, totals
 from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
+from ..stages.base import refuse_foreign
 from ..stages.prune import prune
 
 COMPARE_DIR = OUT_DIR / "prune_compare"
@@ -46,20 +49,34 @@ def removed_fraction(before, after) -> float:
 
 def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     name = params.name
-    trained = load_model(require(trained_path(name), "mobiledeploy train"))
-    magnitude = load_model(require(pruned_path(name), "mobiledeploy prune"))
-    shrunk_file = require(shrunk_path(name), "mobiledeploy shrink")
-    shrunk = load_model(shrunk_file)
-    both = load_model(prune(params, shrunk_file))  # TF-MOT on the narrower model (reused when current)
+    check_writable(out_dir / "prune_compare.json")  # before any fine-tuning
+    files = [require(trained_path(name), "mobiledeploy train"), require(pruned_path(name), "mobiledeploy prune"),
+             require(shrunk_path(name), "mobiledeploy shrink")]
+    for path in files:  # all made by these params, from the trained model on disk now
+        refuse_foreign(path, params)
+    trained, magnitude, shrunk = (load_model(path) for path in files)
+    shrunk_file = files[2]
     data = load_dataset(params.data, params.seed)
     s = params.structured
     rounds = max(h["round"] for h in read_record(shrunk_file)["metrics"]["history"] if h["within_budget"])
     fraction = removed_fraction(trained, shrunk)
+    if rounds == 0 or fraction == 0:
+        raise PipelineError(f"prune-compare: {shrunk_file} has every channel of {files[0]} (shrink kept round 0), so "
+                            "there is no structured cut to compare; make shrink remove channels first (README, "
+                            "Structured pruning)")
+    left_out = {}  # before any fine-tuning: a criterion that cannot rank this model is left out, and said so
+    for criterion in CRITERIA:
+        try:
+            refuse_ties(trained, rank(trained, criterion, data.x_val, data.labels(data.y_val)), criterion)
+        except PipelineError as exc:
+            print(f"prune-compare: leaving out one shot by {criterion}: {exc}", flush=True)
+            left_out[criterion] = str(exc)
+    both = load_model(prune(params, shrunk_file))  # TF-MOT on the narrower model (reused when current)
     one_shot_params = dataclasses.replace(s, finetune_epochs=max(1, rounds) * s.finetune_epochs)
     structured = f"structured ({s.criterion}, {rounds} round{'s' if rounds != 1 else ''})"
     models = {"unpruned": trained, f"magnitude ({params.prune.final_sparsity:.0%})": magnitude,
               structured: shrunk, "structured + magnitude": both}
-    for criterion in CRITERIA:
+    for criterion in (c for c in CRITERIA if c not in left_out):
         print(f"prune-compare: one shot to the structured model's widths, ranked by {criterion}", flush=True)
         models[f"one shot ({criterion})"] = one_shot(trained, data, one_shot_params, params.train, params.seed,
                                                      shrunk, criterion)
@@ -76,7 +93,8 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
                      "sparsity": round(cost["sparsity"], 4), "p50_ms": entry["latency_ms"]["p50"]})
         print(f"prune-compare: {label}: int8 {rows[-1]['test_accuracy']:.4f}, p50 {rows[-1]['p50_ms']:.3f} ms",
               flush=True)
-    result = {"model": name, "removed_channels": round(fraction, 4), "latency_runs": v.latency_runs, "rows": rows}
+    result = {"model": name, "removed_channels": round(fraction, 4), "latency_runs": v.latency_runs, "rows": rows,
+              "left_out": left_out}
     write_json(out_dir / "prune_compare.json", result)
     write_text(out_dir / "prune_compare.md", markdown(result))
     print(f"prune-compare: {len(rows)} models -> {out_dir / 'prune_compare.md'}", flush=True)
@@ -93,5 +111,6 @@ def markdown(result: dict) -> str:
              count(r["bytes"]), count(r["gzip_bytes"]), count(r["params"]), count(r["macs"]),
              f"{pct(r['sparsity'], 1)}%", f"{r['p50_ms']:.3f}", f"{base['p50_ms'] / r['p50_ms']:.2f}x"]
             for r in result["rows"]]
+    left_out = "".join(f"\nLeft out: one shot by {c}: {why}\n" for c, why in result.get("left_out", {}).items())
     return intro + markdown_table(["model", "accuracy", "vs unpruned", "bytes", "gzip bytes", "params", "MACs",
-                                   "sparsity", "p50 ms", "speed-up"], rows)
+                                   "sparsity", "p50 ms", "speed-up"], rows) + left_out

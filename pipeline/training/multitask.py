@@ -24,8 +24,11 @@ def tower_groups(model, tasks) -> list[list]:
     """Corresponding kernels of the task towers: one list per layer, one kernel per task, in task order.
 
     Towers are the layers named ``<task>_<rest>``; layers are matched by ``<rest>``. The heads (named
-    after the task alone) are task-specific by design and are not tied.
+    after the task alone) are task-specific by design and are not tied. With fewer than two tasks there
+    is nothing to tie.
     """
+    if len(tasks) < 2:  # one tower has nothing to be close to (the trace norm would just regularise it)
+        return []
     found: dict[str, dict[str, list]] = {}
     for layer in model.layers:
         name = getattr(layer, "layer", layer).name

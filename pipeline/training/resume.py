@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.artifacts import atomic_path, read_json, write_json
+from ..core.errors import PipelineError
 from ..core.framework import keras
 
 
@@ -62,6 +63,35 @@ class KeepBest(keras.callbacks.Callback):
                     np.savez(f, **{f"w{i}": w for i, w in enumerate(self.weights)})
         write_json(self.state_dir / "keep_best.json",
                    {"best": self.best, "best_epoch": self.best_epoch, "history": self.history})
+
+
+class DivergedError(PipelineError):
+    """A fit whose loss became NaN or infinite: its resume state is worthless too."""
+
+
+class Diverged(keras.callbacks.Callback):
+    """Stops a fit, with one line naming what to change, as soon as its loss is NaN or infinite:
+    the weights are then garbage, and nothing may be saved from them."""
+
+    def __init__(self, what: str, hint: str):
+        super().__init__()
+        self.what, self.hint, self.epoch = what, hint, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            raise DivergedError(f"{self.what} diverged: the loss became {float(loss)} in epoch {self.epoch + 1} "
+                                f"(step {batch + 1}); nothing was written. {self.hint}")
+
+
+def divergence_hint(data_tasks: tuple[str, ...], rate_key: str) -> str:
+    """What to lower when a fit diverges: the learning rate, and for multi-task data the task weights
+    and the sharing coefficient."""
+    keys = [rate_key] + (["train.task_weights", "train.sharing_coefficient"] if data_tasks else [])
+    return f"Lower {', '.join(keys[:-1]) + ' or ' + keys[-1] if len(keys) > 1 else keys[0]}."
 
 
 def fit_resumable(model, train_ds, val_ds, epochs: int, state_dir: Path | None, key: str,

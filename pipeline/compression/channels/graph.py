@@ -85,6 +85,27 @@ class ChannelGraph:
                 raise PipelineError(f"structured pruning: layer {name} ({kind}) is not supported")
             if name in outputs and self.space_of[name] is not None:
                 self.spaces[self.find(self.space_of[name])].prunable = False
+        if isinstance(declared, dict) and len(declared) > 1:
+            self.tie_towers(list(declared))
+
+    def tie_towers(self, tasks: list[str]) -> None:
+        """Soft parameter sharing: the corresponding layers of the task towers (``<task>_<rest>``, as in
+        :func:`pipeline.training.multitask.tower_groups`) lose the same channels, so the towers keep
+        equal widths and the penalty on their distance stays defined. Activation-based criteria rank
+        a tied space on the first task's tower."""
+        by_rest: dict[str, list[int]] = {}
+        for name, sid in self.space_of.items():
+            for task in tasks:
+                if sid is not None and name.startswith(f"{task}_") and type(self.layers[name]).__name__ in PRODUCERS:
+                    by_rest.setdefault(name[len(task) + 1:], []).append(sid)
+        for sids in by_rest.values():
+            roots = list(dict.fromkeys(self.find(s) for s in sids))
+            if len(sids) == len(tasks) and len({self.spaces[r].channels for r in roots}) == 1:
+                for other in roots[1:]:
+                    self._parent[other] = roots[0]
+                    mine, theirs = self.spaces[roots[0]], self.spaces.pop(other)
+                    mine.producers += theirs.producers
+                    mine.prunable = mine.prunable and theirs.prunable
 
     def find(self, sid: int | None) -> int | None:
         if sid is None:

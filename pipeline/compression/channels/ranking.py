@@ -64,6 +64,23 @@ def activation_scores(graph: ChannelGraph, spaces: list[Space], x: np.ndarray, y
     return {s.id: total / count for s, total in zip(spaces, sums)}
 
 
+def refuse_ties(model, scores: dict[int, np.ndarray], criterion: str, fractions: dict[int, float] | None = None
+                ) -> None:
+    """One line if ``criterion`` scores every channel of a space to be cut the same: removing channels
+    there would drop the lowest-indexed ones, not the least important (APoZ on a layer that no ReLU
+    follows: its activations are never zero). ``fractions``: only spaces with a share above 0 count."""
+    graph = ChannelGraph(model)
+    flat = [graph.spaces[sid] for sid, s in scores.items() if len(s) > 1 and np.ptp(s) == 0 and
+            (fractions is None or fractions.get(sid, 1) > 0)]
+    if flat:
+        names = ", ".join(" + ".join(space.producers) for space in flat)
+        why = " (no ReLU follows them, so no activation is ever zero)" if criterion == "apoz" else ""
+        spare = ", ".join(f"{space.producers[0]}: 0" for space in flat)
+        raise PipelineError(f"structured.criterion {criterion} cannot rank the channels of {names}: every channel "
+                            f"scores the same{why}. Use another criterion (l1, l2, taylor), or spare them with "
+                            f"structured.layer_fractions: {{{spare}}}")
+
+
 def rank(model, criterion: str, x: np.ndarray | None = None, y=None) -> dict[int, np.ndarray]:
     """Importance of every channel of every prunable space (higher = keep). The activation-based
     criteria need validation images ``x``; Taylor also their labels ``y`` (a dict keyed by task for a

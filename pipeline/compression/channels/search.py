@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
+from ...core.errors import PipelineError
 from ...core.framework import keras
 from ...export.costs import model_costs, totals
 from ...training.fit import accuracy, as_dataset, fit_target, seed_everything
-from ...training.resume import keras_verbosity
+from ...training.resume import Diverged, divergence_hint, keras_verbosity
 from .graph import ChannelGraph
-from .ranking import rank
+from .ranking import rank, refuse_ties
 from .surgery import choose, layer_fractions, remove_channels
 
 
@@ -35,17 +35,21 @@ def within_budget(start: dict, row: dict, budget: float) -> bool:
 
 def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> tuple[float, list[dict]]:
     """(validation accuracy of ``model``, one row per prunable layer group and ratio): the validation
-    accuracy after removing that share of the group's channels alone, without retraining."""
+    accuracy after removing that share of the group's channels alone, without retraining. A share
+    that removes no channel of a small layer (10% of 8) is not measured: its row says 0 removed and
+    holds no accuracy."""
     scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    refuse_ties(model, scores, criterion)
     base = val_accuracy(model, data)
     rows = []
     for space in ChannelGraph(model).prunable():
         for ratio in ratios:
-            narrow = remove_channels(model, choose({space.id: scores[space.id]}, ratio))
-            found = val_accuracy(narrow, data)
-            rows.append({"layers": space.producers, "channels": space.channels, "ratio": ratio,
-                         "removed": min(int(ratio * space.channels), space.channels - 1),
-                         "val_accuracy": round(found, 5), "drop": round(base - found, 5)})
+            keep = choose({space.id: scores[space.id]}, ratio)
+            removed = space.channels - len(keep[space.id])
+            found = val_accuracy(remove_channels(model, keep), data) if removed else None
+            rows.append({"layers": space.producers, "channels": space.channels, "ratio": ratio, "removed": removed,
+                         "val_accuracy": None if found is None else round(found, 5),
+                         "drop": None if found is None else round(base - found, 5)})
     return base, rows
 
 
@@ -57,7 +61,8 @@ def finetune(model, data, s, train_p, seed: int) -> None:
     target = fit_target(model, data, train_p, keras.optimizers.schedules.CosineDecay(
         s.learning_rate, steps * s.finetune_epochs))
     target.fit(as_dataset(data.x_train, data.labels(data.y_train), s.batch_size, seed), epochs=s.finetune_epochs,
-               verbose=keras_verbosity())
+               verbose=keras_verbosity(),
+               callbacks=[Diverged("structured fine-tuning", divergence_hint(data.tasks, "structured.learning_rate"))])
 
 
 def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
@@ -83,8 +88,14 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
     for r in range(1, s.max_rounds + 1):
         scores = rank(current, s.criterion, data.x_val, data.labels(data.y_val))
         shares = layer_fractions(current, s.fraction, s.layer_fractions) if s.layer_fractions else s.fraction
+        refuse_ties(current, scores, s.criterion, shares if isinstance(shares, dict) else None)
         keep = choose(scores, shares, s.scope, s.channel_multiple)
         if all(len(keep[sid]) == len(found) for sid, found in scores.items()):
+            if r == 1:
+                widths = ", ".join(str(len(found)) for found in scores.values())
+                raise PipelineError(f"structured: nothing to remove: at structured.fraction={s.fraction} and "
+                                    f"channel_multiple={s.channel_multiple}, no layer of {model.name} (widths "
+                                    f"{widths}) can lose a channel; lower channel_multiple or raise fraction")
             print(f"structured: round {r}: no layer can lose more channels at these settings; stopping", flush=True)
             break
         narrow = remove_channels(current, keep)
@@ -110,10 +121,11 @@ def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = N
     criterion = criterion or s.criterion
     graph = ChannelGraph(model)
     scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    refuse_ties(model, scores, criterion)
     keep = {}
     for space in graph.prunable():
         width = like.get_layer(space.producers[0]).get_weights()[0].shape[-1]
         keep[space.id] = np.sort(np.argsort(scores[space.id], kind="stable")[space.channels - width:])
     narrow = remove_channels(model, keep)
-    finetune(narrow, data, dataclasses.replace(s, criterion=criterion), train_p, seed)
+    finetune(narrow, data, s, train_p, seed)
     return narrow

@@ -19,7 +19,15 @@ def layer_fractions(model, fraction: float, by_layer: dict[str, float]) -> dict[
         raise PipelineError(f"structured.layer_fractions: {', '.join(unknown)}: not a prunable layer of "
                             f"{model.name}; prunable: {', '.join(known)}")
     fractions = {space.id: fraction for space in spaces}
-    fractions.update({known[name]: value for name, value in by_layer.items()})
+    asked: dict[int, tuple[str, float]] = {}
+    for name, value in by_layer.items():
+        sid = known[name]
+        if sid in asked and asked[sid][1] != value:  # a residual connection or tied towers: one set of channels
+            raise PipelineError(f"structured.layer_fractions: {asked[sid][0]} ({asked[sid][1]}) and {name} ({value}) "
+                                "write the same channels (they are tied, by a residual connection or as task "
+                                "towers), so they lose the same share; give them one value")
+        asked[sid] = (name, value)
+        fractions[sid] = value
     return fractions
 
 
