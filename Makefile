@@ -120,10 +120,10 @@ pictures: $(TRAINED)
 
 # The whole suite on both cores (pytest-xdist); test-fast: the unit tier only (no stage runs, no real training).
 test: $(VENV_STAMP) data
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2 --dist worksteal
 
 test-fast: $(VENV_STAMP) data
-	$(PY) -m pytest -n 2 -m "not e2e"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not e2e"
 
 # Run the test suite and put its bad-input table (.build/bad_input.md) into docs/reliability.md between the markers.
 bad-input-table: test

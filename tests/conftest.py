@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -16,6 +17,9 @@ import pytest
 # tiny models time in microseconds: the suite may ask for fewer latency runs than users can (20, not 200);
 # set before the pipeline is imported, and inherited by the CLI processes the tests start
 os.environ["MOBILEDEPLOY_TEST_LATENCY_FLOOR"] = "20"
+# two test workers share two cores: one TensorFlow thread each, instead of two fighting over each core
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import pipeline  # noqa: E402,F401  (selects Keras 2 before anything imports TensorFlow)
 from pipeline.data import Dataset, fingerprint  # noqa: E402
@@ -80,9 +84,10 @@ SMOKE = ("--params", "configs/smoke.yaml")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` -> its hash: to prove a failed command changed nothing."""
+    """Every file under ``folder`` -> its hash: to prove a failed command changed nothing. (The project
+    lock's file is left out: it holds the PID of the last command that ran, whatever it did.)"""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".mobiledeploy.lock"}
 
 
 def fails_cleanly(proc, *fragments):
@@ -95,13 +100,35 @@ def fails_cleanly(proc, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A project folder that ``build(folder)`` fills, made once per test run: under pytest-xdist the
+    first worker to ask builds it, under a lock, and the others wait and share it (so it must only be
+    read, or copied). Without xdist it is an ordinary temporary folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        project = new_project(tmp_path_factory.mktemp(name))
+        build(project)
+        return project
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, the same for every worker
+    project, done = shared / name, shared / f"{name}.built"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(project, ignore_errors=True)
+            project.mkdir()
+            build(new_project(project))
+            done.touch()
+    return project
+
+
+def _run_smoke(project: Path) -> None:
+    for stage in ("train", "prune", "convert", "validate"):
+        run_cli(stage, *SMOKE, cwd=project)
+
+
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory) -> Path:
     """The smoke config run once through every stage of the CLI, in a throw-away project folder."""
-    project = new_project(tmp_path_factory.mktemp("smoke"))
-    for stage in ("train", "prune", "convert", "validate"):
-        run_cli(stage, *SMOKE, cwd=project)
-    return project
+    return built_once(tmp_path_factory, "smoke", _run_smoke)
 
 
 # --- the bad-input table: each test marked @pytest.mark.bad_input("class") counts its cases ---------
@@ -119,6 +146,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    # the long end-to-end tests first, the many short ones after: with `--dist worksteal` the two
+    # workers then finish together instead of one waiting on the other's last long test
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 IN_WORKER = False  # under pytest-xdist, workers run the tests and the controller writes the table

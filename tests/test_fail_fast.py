@@ -51,10 +51,10 @@ def built(name, width=8, **kw):
 
 def test_a_nan_loss_stops_the_fit_with_what_to_lower():
     callback = Diverged("training", "Lower train.learning_rate.")
-    callback.on_train_batch_end(0, {"loss": 2.3})
-    with pytest.raises(PipelineError, match=r"training diverged: the loss became nan in epoch 1 \(step 4\); "
+    callback.on_epoch_end(0, {"loss": 2.3})
+    with pytest.raises(PipelineError, match=r"training diverged: the loss became inf in epoch 2; "
                                             r"nothing was written\. Lower train\.learning_rate"):
-        callback.on_train_batch_end(3, {"loss": float("nan")})
+        callback.on_epoch_end(1, {"loss": float("inf")})
 
 
 @pytest.mark.e2e
@@ -66,8 +66,8 @@ def test_a_fine_tuning_that_diverges_writes_no_model(tmp_path):
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
     model.save(project / "nan.keras")
     proc = run_cli("prune", *SMOKE, "--set", "data.limit_train=600", "--model", "nan.keras", cwd=project, check=False)
-    fails_cleanly(proc, "pruning's fine-tuning diverged: the loss became nan in epoch 1 (step 1); nothing was "
-                        "written. Lower prune.learning_rate")
+    fails_cleanly(proc, "pruning's fine-tuning diverged: the loss became nan in epoch 1; nothing was written. "
+                        "Lower prune.learning_rate")
     assert not (project / "models" / "user").exists() or not list((project / "models" / "user").iterdir())
 
 
@@ -100,7 +100,8 @@ def test_prune_compare_into_a_file_fails_before_any_fine_tuning(copy_of_smoke):
 @pytest.mark.bad_input("params files")
 def test_a_config_that_extends_another_without_a_name_of_its_own_is_refused(tmp_path):
     (tmp_path / "mine.yaml").write_text(f"extends: {ROOT / 'configs' / 'smoke.yaml'}\ntrain: {{epochs: 2}}\n")
-    with pytest.raises(ParamsError, match=r"sets no name of its own, so its artefacts would overwrite those of 'smoke'"):
+    with pytest.raises(ParamsError, match=r"sets no name of its own, so its artefacts would overwrite those of "
+                                          r"'smoke'"):
         load_params(tmp_path / "mine.yaml")
     assert load_params(tmp_path / "mine.yaml", ["name=mine"]).name == "mine"
 
@@ -209,7 +210,8 @@ def test_one_tower_has_nothing_to_be_tied_to():
 def test_the_zoo_table_shows_each_task_of_a_multi_task_zoo():
     task = {"float_accuracy": 0.9, "int8_accuracy": 0.89, "train_accuracy": 0.95, "val_accuracy": 0.91, "gap": 0.04}
     row = {"variant": "tiny", "block": "conv", "pooling": "max", "params": 10, "macs": 2e6, "int8_bytes": 5,
-           "p50_ms": 0.01, "train_seconds": 3, "tasks": {"top_left": task, "bottom_right": {**task, "int8_accuracy": 0.5}},
+           "p50_ms": 0.01, "train_seconds": 3,
+           "tasks": {"top_left": task, "bottom_right": {**task, "int8_accuracy": 0.5}},
            **task}
     table = zoo_markdown({"epochs": 1, "latency_runs": 20, "tasks": list(TASKS), "variants": [row]})
     assert "| 89.00 / 50.00 |" in table and "(top_left / bottom_right)" in table

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, SMOKE, new_project, run_cli, snapshot
+from conftest import ROOT, SMOKE, built_once, new_project, run_cli, snapshot
 
 from pipeline.core.keras_io import load_model
 
@@ -34,11 +34,9 @@ def start_and_signal(project, sig, when="Epoch 4/"):
     return proc.returncode, "".join(seen) + rest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    project = new_project(tmp_path_factory.mktemp("full"))
-    run_cli(*TRAIN, cwd=project)
-    return project
+    return built_once(tmp_path_factory, "uninterrupted", lambda project: run_cli(*TRAIN, cwd=project))
 
 
 def history(project):

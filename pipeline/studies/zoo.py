@@ -34,7 +34,9 @@ def zoo(params: Params, out_dir: Path = ZOO_DIR) -> Path:
     for row in measure_variants(variants, out_dir, "zoo"):
         hp = resolve(row["variant"])
         # the headline numbers are means over the tasks (one task: its own); each task's stay under "tasks"
-        mean = {key: round(sum(t[key] for t in row["tasks"].values()) / len(row["tasks"]), 5) for key in ACCURACIES}
+        per_task = list(row["tasks"].values())
+        mean = {key: per_task[0][key] if len(per_task) == 1 else round(sum(t[key] for t in per_task) / len(per_task), 5)
+                for key in ACCURACIES}
         rows.append({**row, "block": hp["block"], "pooling": hp["pooling"], "width": hp["width"], **mean})
     tasks = list(rows[0]["tasks"]) if rows else []
     result = {"epochs": params.train.epochs, "latency_runs": params.validate.latency_runs,

@@ -70,21 +70,19 @@ class DivergedError(PipelineError):
 
 
 class Diverged(keras.callbacks.Callback):
-    """Stops a fit, with one line naming what to change, as soon as its loss is NaN or infinite:
-    the weights are then garbage, and nothing may be saved from them."""
+    """Stops a fit, with one line naming what to change, at the end of the first epoch whose loss is
+    NaN or infinite: the weights are then garbage, and nothing may be saved from them. (Checked per
+    epoch, not per batch: a per-batch hook makes Keras fetch the logs after every step.)"""
 
     def __init__(self, what: str, hint: str):
         super().__init__()
-        self.what, self.hint, self.epoch = what, hint, 0
+        self.what, self.hint = what, hint
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
-            raise DivergedError(f"{self.what} diverged: the loss became {float(loss)} in epoch {self.epoch + 1} "
-                                f"(step {batch + 1}); nothing was written. {self.hint}")
+            raise DivergedError(f"{self.what} diverged: the loss became {float(loss)} in epoch {epoch + 1}; "
+                                f"nothing was written. {self.hint}")
 
 
 def divergence_hint(data_tasks: tuple[str, ...], rate_key: str) -> str:
