@@ -127,6 +127,8 @@ def test_a_model_made_from_an_earlier_parent_is_found_stale(tmp_path):
                                                   "inputs": {"model": "sha256:" + "0" * 64}})
     write_json(tmp_path / "a.keras.json", {"stage": "train", "params": {}})
     assert stale_link(child) == (child, parent)
+    write_json(tmp_path / "a.pruned.keras.json", {"stage": "prune", "parent": str(parent), "inputs": [1]})
+    assert stale_link(child) is None  # a record edited into nonsense claims nothing
 
 
 @pytest.mark.bad_input("model files")

@@ -32,7 +32,8 @@ MAX_FILE_BYTES = 1 << 20  # a params file is a page of settings, not data
 # validate.latency_runs below 200 gives unstable percentiles; the test suite lowers the floor (never
 # raises it) through this variable, to time tiny models quickly. Not for users.
 LATENCY_FLOOR_ENV = "MOBILEDEPLOY_TEST_LATENCY_FLOOR"
-LATENCY_RUNS_FLOOR = min(200, max(1, int(os.environ.get(LATENCY_FLOOR_ENV, "200") or 200)))
+_floor = os.environ.get(LATENCY_FLOOR_ENV, "").strip()
+LATENCY_RUNS_FLOOR = min(200, max(1, int(_floor))) if _floor.isdigit() else 200
 
 
 class ParamsError(PipelineError):

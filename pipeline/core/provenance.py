@@ -72,7 +72,8 @@ def stale_link(path: Path) -> tuple[Path, Path] | None:
         if not record:
             return None
         parent = record.get("keras_model") if record.get("stage") == "convert" else record.get("parent")
-        made_from = (record.get("inputs") or {}).get("model")
+        inputs = record.get("inputs")
+        made_from = inputs.get("model") if isinstance(inputs, dict) else None
         if not isinstance(parent, str) or not parent:
             return None
         parent_path = Path(parent)
