@@ -1,9 +1,11 @@
 """The gate: limits, and everything that binds a report to the files, data and params it judges."""
 
 import copy
+import io
 import json
 import math
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, tiny_dataset
@@ -305,3 +307,14 @@ def test_a_shipped_file_without_records_down_to_its_trained_model_fails(tmp_path
     update_gates(tmp_path / "report.json", tmp_path / "gates.yaml", MARGINS, "test")
     found = check(tmp_path / "report.json", tmp_path / "gates.yaml")[0]
     assert [(v.gate, v.value, v.kind) for v in found] == [("records", "incomplete or missing", "records")]
+
+
+def test_the_confusion_picture_stays_a_readable_size_for_the_most_classes_a_folder_may_have():
+    from PIL import Image
+
+    from pipeline.core.plots import confusion_png
+
+    matrix = (np.eye(256, dtype=int) * 3).tolist()
+    image = Image.open(io.BytesIO(confusion_png([(f"m{i}.int8.tflite", matrix) for i in range(2)],
+                                                [f"class {i}" for i in range(256)])))
+    assert max(image.size) <= 4000

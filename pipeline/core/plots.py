@@ -69,7 +69,9 @@ def confusion_png(matrices: list[tuple[str, list[list[int]]]], class_names: list
     plt = pyplot()
     cols = min(4, len(matrices))
     rows = -(-len(matrices) // cols)
-    size = 1.2 + 0.32 * len(class_names)
+    # up to 256 classes (an image folder's limit): panels stop growing at 8 inches, names at 30 classes
+    size = min(1.2 + 0.32 * len(class_names), 8.0)
+    named = len(class_names) <= 30
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -78,9 +80,10 @@ def confusion_png(matrices: list[tuple[str, list[list[int]]]], class_names: list
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.axis("on")
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-        ticks = range(len(class_names))
-        ax.set_xticks(ticks, class_names, rotation=90, fontsize=6)
-        ax.set_yticks(ticks, class_names, fontsize=6)
+        if named:
+            ticks = range(len(class_names))
+            ax.set_xticks(ticks, class_names, rotation=90, fontsize=6)
+            ax.set_yticks(ticks, class_names, fontsize=6)
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
         ax.set_title(title, fontsize=7)
