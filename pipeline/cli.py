@@ -20,7 +20,7 @@ READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
 # The params each command reads (a section, or one key). A --set outside them has no effect there: a
 # warning, so that an experiment is never believed to have changed something it did not. The stages
 # read the sections of the stages before them too: they check that their inputs were made with them.
-CHAIN = ("name", "seed", "data", "model", "train")
+CHAIN = ("name", "seed", "data", "input", "model", "train")
 READS = {
     "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "prune"),
     "shrink": (*CHAIN, "structured", "convert.representative_samples", "validate"),
@@ -188,19 +188,27 @@ def convert(params, model_path, **_):
 
 @cli.command()
 @MODEL_OPTION
+@click.option("--tflite", "tflite", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Any .tflite file, whatever its name (repeatable): validated with a report of its own.")
+@click.option("--report", "report_to", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --tflite: where the report goes (default tflite_out/user/tflite.report.json).")
 @stage_options
-def validate(params, model_path, **_):
-    """Run this config's .tflite files (or those from --model) in LiteRT; write <name>.report.json/.md."""
+def validate(params, model_path, tflite, report_to, **_):
+    """Run this config's .tflite files (or those from --model, or --tflite files) in LiteRT; write a report."""
     from .stages.validate import validate as run
 
-    run(params, model_path)
+    if tflite and model_path:
+        raise PipelineError("validate: give --model or --tflite, not both")
+    if report_to and not tflite:
+        raise PipelineError("validate: --report names the report of --tflite files; the others have fixed names")
+    run(params, model_path, tflite=list(tflite), report_to=report_to)
 
 
 @cli.command()
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Report to check (default: tflite_out/<name>.report.json).")
 @click.option("--gates", "gates_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Gates file (default: params check.gates).")
+              help="Gates file (default: params check.gates, or gates/<name>.yaml).")
 @click.option("--update", is_flag=True, help="Rewrite the gates file from the report instead of checking.")
 @click.option("--recompute", is_flag=True,
               help="Measure every accuracy again from the files themselves instead of trusting the report.")
@@ -210,7 +218,7 @@ def check(params, report, gates_path, update, recompute, params_file, overrides,
     from .stages.check import check as run
     from .stages.check import recomputer, table, update_gates
 
-    gates_path = gates_path or Path(params.check.gates)
+    gates_path = gates_path or params.gates_path
     report = report or report_path(params.name)
     again = " ".join(["--params", params_file, *[f"--set {o}" for o in overrides]])
     if update:
@@ -372,7 +380,7 @@ def paths(params, params_file, **_):
                f"PRUNED := {make_word(pruned_path(name))}\n"
                f"TFLITE := {words(tflite)}\n"
                f"REPORT := {make_word(report_path(name))}\n"
-               f"GATES := {make_word(params.check.gates)}")
+               f"GATES := {make_word(params.gates_path)}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pipeline.compression.magnitude import prune_model
 from pipeline.core.errors import PipelineError
 from pipeline.core.framework import keras
 from pipeline.core.keras_io import load_model, save_model
-from pipeline.core.params import PruneParams
+from pipeline.core.params import ConvertParams, PruneParams
 from pipeline.export import litert
 from pipeline.export.costs import model_costs, totals
 from pipeline.export.tflite import representative_data, to_tflite
@@ -128,7 +128,8 @@ def test_every_architecture_prunes_and_converts_to_full_integer(name, tmp_path):
     # TF-MOT wraps depthwise convolutions but prunes none of their weights (docs/architectures.md)
     assert all(c.zeros == 0 for c in model_costs(stripped) if c.kind == "DepthwiseConv2D")
     path = tmp_path / "m.int8.tflite"
-    path.write_bytes(to_tflite(stripped, "int8", representative_data(DATA.x_train, 30, seed=0)))
+    calibration = representative_data(DATA, ConvertParams(representative_samples=30), seed=0)
+    path.write_bytes(to_tflite(stripped, "int8", calibration))
     predictions, _ = litert.evaluate(path, DATA.x_test, 16, [1], warmup=1, runs=200)
     (labels,) = predictions.values()
     assert np.mean(labels == predict_labels(stripped, DATA.x_test)) >= 0.8

@@ -10,7 +10,7 @@ from conftest import fails_cleanly, new_project, run_cli
 from pipeline import architectures
 from pipeline.compression.magnitude import prune_model
 from pipeline.core.framework import keras, tf
-from pipeline.core.params import CheckParams, PruneParams, TrainParams
+from pipeline.core.params import CheckParams, ConvertParams, PruneParams, TrainParams
 from pipeline.data import Dataset, fingerprint
 from pipeline.data.multifashion import CANVAS, ITEM, SHIFT, compose, load_multifashion
 from pipeline.export import litert
@@ -157,7 +157,8 @@ def test_multi_output_model_prunes_and_converts_keeping_task_names(tmp_path):
     _, stripped, _ = prune_model(model, data, p, seed=0)
     assert sorted(stripped.output_names) == sorted(TASKS)
     path = tmp_path / "m.int8.tflite"
-    path.write_bytes(to_tflite(stripped, "int8", representative_data(data.x_train, 50, seed=0)))
+    calibration = representative_data(data, ConvertParams(representative_samples=50), seed=0)
+    path.write_bytes(to_tflite(stripped, "int8", calibration))
     predictions, _ = litert.evaluate(path, data.x_test, 16, [1], warmup=1, runs=200)
     assert sorted(predictions) == sorted(TASKS)
     keras_labels = predict_labels(stripped, data.x_test)

@@ -6,7 +6,7 @@ from conftest import tiny_dataset
 
 from pipeline import architectures
 from pipeline.compression.magnitude import make_schedule, prune_model
-from pipeline.core.params import PruneParams
+from pipeline.core.params import ConvertParams, PruneParams
 from pipeline.export import litert
 from pipeline.export.costs import model_costs, totals
 from pipeline.export.tflite import representative_data, to_tflite
@@ -66,7 +66,7 @@ def test_schedule_steps_come_from_the_fine_tuning_epochs():
                                         ("int8", 0.95)])
 def test_tflite_agrees_with_keras(trained, tmp_path, fmt, bound):
     """float formats must agree exactly on top-1; int8 formats on at least 95% of these tiny inputs."""
-    blob = to_tflite(trained, fmt, representative_data(DATA.x_train, 50, seed=0))
+    blob = to_tflite(trained, fmt, representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
     path = tmp_path / f"m.{fmt}.tflite"
     path.write_bytes(blob)
     predictions, latencies = litert.evaluate(path, DATA.x_test, 16, [1], warmup=2, runs=200)
@@ -78,7 +78,7 @@ def test_tflite_agrees_with_keras(trained, tmp_path, fmt, bound):
 def test_full_integer_model_takes_and_gives_int8(trained, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    blob = to_tflite(trained, "int8", representative_data(DATA.x_train, 50, seed=0))
+    blob = to_tflite(trained, "int8", representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
     interp = Interpreter(model_content=blob)
     assert interp.get_input_details()[0]["dtype"] == np.int8
     assert interp.get_output_details()[0]["dtype"] == np.int8

@@ -10,7 +10,7 @@ from ..core.framework import keras, tf, tfmot
 from ..core.params import PruneParams, TrainParams
 from ..data import Dataset
 from ..export.costs import layer_cost
-from ..training.fit import as_dataset, fit_target, seed_everything
+from ..training.fit import fit_target, seed_everything, split_dataset
 from ..training.resume import Diverged, divergence_hint, fit_resumable
 
 sparsity = tfmot.sparsity.keras
@@ -91,8 +91,8 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
     hold = p.end_epoch * steps
     target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
-    keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), p.batch_size, seed),
-                         as_dataset(data.x_val, data.labels(data.y_val), 500), p.epochs, state_dir, key,
+    keep = fit_resumable(target, split_dataset(data, "train", p.batch_size, seed), split_dataset(data, "val", 500),
+                         p.epochs, state_dir, key,
                          callbacks=[sparsity.UpdatePruningStep(), Diverged(
                              "pruning's fine-tuning", divergence_hint(data.tasks, "prune.learning_rate"))],
                          first_best_epoch=p.end_epoch - 1)

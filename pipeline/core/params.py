@@ -101,7 +101,34 @@ class DataParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class InputParams:
+    """How pixels 0-255 become the model's input (pipeline.core.contract): auto recognises a model that
+    scales its input itself (a leading Rescaling or Normalization layer) and refuses one that does not."""
+    pixels: Literal["auto", "raw", "unit", "symmetric", "scale_offset", "mean_std"] = "auto"
+    scale: Optional[list[float]] = bounded(None, -1e6, 1e6)
+    offset: Optional[list[float]] = bounded(None, -1e6, 1e6)
+    mean: Optional[list[float]] = bounded(None, -1e6, 1e6)
+    std: Optional[list[float]] = bounded(None, 0, 1e6, open_low=True)
+
+    def validate(self) -> None:
+        needs = {"scale_offset": ("scale",), "mean_std": ("mean", "std")}.get(self.pixels, ())
+        allowed = {"scale_offset": ("scale", "offset"), "mean_std": ("mean", "std")}.get(self.pixels, ())
+        for key in ("scale", "offset", "mean", "std"):
+            value = getattr(self, key)
+            if key in needs:
+                _check(value is not None and 1 <= len(value) <= 4, f"input.{key}",
+                       f"input.pixels {self.pixels} needs 1 value, or one per channel; got {short(value)}")
+            elif value is not None:
+                _check(key in allowed, f"input.{key}", f"is not read with input.pixels {self.pixels} (only "
+                       f"scale_offset reads scale/offset, mean_std reads mean/std); remove it")
+                _check(1 <= len(value) <= 4, f"input.{key}", f"needs 1 value, or one per channel; got {short(value)}")
+        if self.scale is not None:
+            _check(all(v != 0 for v in self.scale), "input.scale", "a zero scale makes every image the same")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelParams:
+    file: Optional[str] = None  # your own ready-made model: train is left out, the stages after it start here
     architecture: str = "small_cnn"
     width: Optional[int] = bounded(None, 1, 512)
     dropout: float = bounded(0.3, 0, 1, open_high=True)
@@ -134,6 +161,7 @@ class TrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class PruneParams:
+    enabled: bool = True  # false: no magnitude pruning; make all converts and gates the trained model alone
     schedule: Literal["polynomial_decay", "constant_sparsity"] = "polynomial_decay"
     initial_sparsity: float = bounded(0.0, 0, 1, open_high=True)
     final_sparsity: float = bounded(0.81, 0, 1, open_high=True)
@@ -188,6 +216,8 @@ class StructuredParams:
 class ConvertParams:
     formats: list[str] = dataclasses.field(default_factory=lambda: list(FORMATS))
     representative_samples: int = bounded(500, 1, 100_000)
+    calibration_source: Literal["train", "validation"] = "train"
+    calibration_stratified: bool = False  # true: each class in proportion to its share (of the first task)
 
     def validate(self) -> None:
         _check(len(self.formats) > 0, "convert.formats", f"must name at least one of {', '.join(FORMATS)}")
@@ -211,7 +241,7 @@ class ValidateParams:
 
 @dataclasses.dataclass(frozen=True)
 class CheckParams:
-    gates: str = "gates/default.yaml"
+    gates: Optional[str] = None  # null: gates/<name>.yaml
     accuracy_margin: float = bounded(0.005, 0, 1, open_high=True)
     drop_margin: float = bounded(0.003, 0, 1, open_high=True)
     size_margin: float = bounded(0.05, 0, 1, open_high=True)
@@ -240,6 +270,7 @@ class Params:
     name: str = "fmnist_cnn"
     seed: int = bounded(42, 0, 2**31 - 1)
     data: DataParams = DataParams()
+    input: InputParams = InputParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     prune: PruneParams = PruneParams()
@@ -265,6 +296,11 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def gates_path(self) -> Path:
+        """The gates file: check.gates, or gates/<name>.yaml, so a config's gates follow its name."""
+        return Path(self.check.gates or f"gates/{self.name}.yaml")
 
     def section(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(getattr(self, name))

@@ -11,6 +11,7 @@ import hashlib
 
 import numpy as np
 
+from ..core.contract import RAW, InputContract
 from ..core.errors import PipelineError
 from ..core.params import DataParams
 
@@ -31,6 +32,7 @@ class Dataset:
     source: str
     fingerprint: str
     tasks: tuple[str, ...] = ()  # multi-task: the label arrays have one column per task, in this order
+    contract: InputContract = RAW  # how the pixels become the model's input (pipeline.core.contract)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -45,6 +47,9 @@ class Dataset:
                                           f" for each of {len(self.tasks)} tasks ({', '.join(self.tasks)})")
         return (f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
                 f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes{tasks}")
+
+    def with_contract(self, contract: InputContract) -> "Dataset":
+        return dataclasses.replace(self, contract=contract)
 
     def labels(self, y: np.ndarray) -> dict[str, np.ndarray] | np.ndarray:
         """Label arrays as Keras wants them: a dict keyed by task for a multi-task dataset."""

@@ -57,9 +57,16 @@ class NotAClassifier(ValueError):
     """The model's outputs are not one score per class for each image."""
 
 
-def predict(path: str, x: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Class predictions for every output of the model, batched: (output name -> labels, output name ->
-    number of classes). Raises NotAClassifier for an output that is not (batch, classes)."""
+def to_input(x: np.ndarray, scale: list[float], offset: list[float]) -> np.ndarray:
+    """Pixels -> the model's float input, by the input contract (pipeline.core.contract)."""
+    return x.astype(np.float32) * np.asarray(scale, np.float32) + np.asarray(offset, np.float32)
+
+
+def predict(path: str, x: np.ndarray, batch_size: int, scale: list[float], offset: list[float]
+            ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Class predictions for every output of the model, batched, on pixels ``x`` turned into its input by
+    ``scale`` and ``offset``: (output name -> labels, output name -> number of classes). Raises
+    NotAClassifier for an output that is not (batch, classes)."""
     interp = _interpreter(path, 0)
     (inp,) = interp.get_input_details()
     if tuple(inp["shape"][1:]) != x.shape[1:]:
@@ -82,7 +89,7 @@ def predict(path: str, x: np.ndarray, batch_size: int) -> tuple[dict[str, np.nda
         chunk = x[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)]) if len(chunk) < batch \
             else chunk
-        interp.set_tensor(inp["index"], _quantize(padded, inp))
+        interp.set_tensor(inp["index"], _quantize(to_input(padded, scale, offset), inp))
         interp.invoke()
         for o in outputs:
             scores = _dequantize(interp.get_tensor(o["index"]), o)[: len(chunk)]
@@ -91,7 +98,8 @@ def predict(path: str, x: np.ndarray, batch_size: int) -> tuple[dict[str, np.nda
 
 
 def latency(path: str, image: np.ndarray, threads: int, warmup: int, runs: int) -> dict[str, float]:
-    """Single-image latency after warm-up: percentiles over ``runs`` timed invocations, in ms."""
+    """Single-image latency after warm-up: percentiles over ``runs`` timed invocations, in ms
+    (``image``: one model input)."""
     interp = _interpreter(path, threads)
     interp.allocate_tensors()
     (inp,) = interp.get_input_details()
@@ -113,14 +121,16 @@ def latency(path: str, image: np.ndarray, threads: int, warmup: int, runs: int) 
 
 
 def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], warmup: int, runs: int,
-             timeout: float = 1800, num_classes: int | None = None
+             timeout: float = 1800, num_classes: int | None = None, contract=None
              ) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
-    """Predictions and latencies for one .tflite, computed in a child process. With ``num_classes``,
-    a file whose outputs predict another number of classes is refused."""
+    """Predictions and latencies for one .tflite, computed in a child process, on pixels ``x`` turned
+    into the model's input by ``contract`` (raw pixels when None). With ``num_classes``, a file whose
+    outputs predict another number of classes is refused."""
     with child_tempdir() as tmp:
         np.save(Path(tmp) / "x.npy", x)
         job = {"model": str(path), "x": str(Path(tmp) / "x.npy"), "out": str(Path(tmp) / "labels.npz"),
-               "batch_size": batch_size, "threads": threads, "warmup": warmup, "runs": runs}
+               "batch_size": batch_size, "threads": threads, "warmup": warmup, "runs": runs,
+               "scale": list(contract.scale) if contract else [1.0], "offset": list(contract.offset) if contract else [0.0]}
         try:
             proc = subprocess.run([sys.executable, "-m", "pipeline.export.litert", json.dumps(job)],
                                   capture_output=True, text=True, timeout=timeout, preexec_fn=dies_with_parent())
@@ -144,8 +154,9 @@ def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], war
 def _child(job: dict) -> None:
     x = np.load(job["x"])
     try:
-        predictions, classes = predict(job["model"], x, job["batch_size"])
-        latencies = [latency(job["model"], x[0], t, job["warmup"], job["runs"]) for t in job["threads"]]
+        predictions, classes = predict(job["model"], x, job["batch_size"], job["scale"], job["offset"])
+        image = to_input(x[0], job["scale"], job["offset"])
+        latencies = [latency(job["model"], image, t, job["warmup"], job["runs"]) for t in job["threads"]]
     except NotAClassifier as exc:
         print(f"not a classifier: {exc}", file=sys.stderr)
         raise SystemExit(1)

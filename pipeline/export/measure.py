@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.artifacts import file_hash, read_record
+from ..core.artifacts import file_hash, read_record, record_path
+from ..core.contract import HOW_TO_DECLARE, InputContract
 from ..core.errors import PipelineError
 from ..core.params import ValidateParams
 from ..data import Dataset
 from . import litert
 from .costs import model_costs, totals
+from .sidecar import SUFFIX, read_contract
 from .tflite import FORMATS
 
 
@@ -26,23 +28,50 @@ def parse_name(path: Path) -> tuple[str, str]:
     return (model, fmt) if model and fmt in FORMATS else (stem, "unknown")
 
 
+def file_contract(path: Path, declared: InputContract | None = None) -> InputContract:
+    """How pixels become the input of the ``.tflite`` at ``path``: what its record says it was converted
+    with, else what its sidecar says, else ``declared`` (``input`` params); refused if none says."""
+    record = read_record(path) or {}
+    if "input" in record:
+        return InputContract.from_dict(record["input"], str(record_path(path)))
+    found = read_contract(path)
+    if found is not None:
+        return found
+    if declared is not None:
+        return declared
+    raise PipelineError(f"{path}: neither a record nor a sidecar (*{SUFFIX}) says how its input is made from "
+                        f"pixels; {HOW_TO_DECLARE}")
+
+
+def chance_warning(entry: dict, num_classes: int) -> str | None:
+    """A warning for a file whose accuracy is near chance (at most 1.5 / classes), naming the likely causes."""
+    if entry["accuracy"] is None or entry["accuracy"] > 1.5 / num_classes:
+        return None
+    return (f"warning: {Path(entry['file']).name}: accuracy {entry['accuracy']:.1%} is near chance "
+            f"({1 / num_classes:.1%} for {num_classes} classes). Likely causes: its input scaling is not the one it "
+            "was trained with (input.pixels; see the report's input line), the classes are in another order than "
+            "at training (folder names sort alphabetically), or it is a model for other data")
+
+
 class KerasParents:
-    """Keras predictions on the test set, computed once per parent model (loaded safely)."""
+    """Keras predictions on the test set, computed once per parent model (loaded safely) and input
+    contract."""
 
     def __init__(self, x_test: np.ndarray):
         self.x_test = x_test
-        self._cache: dict[str, tuple[np.ndarray, dict]] = {}
+        self._cache: dict[tuple, tuple[np.ndarray, dict]] = {}
 
-    def get(self, path: str) -> tuple[np.ndarray, dict] | None:
-        if path not in self._cache:
+    def get(self, path: str, contract: InputContract) -> tuple[np.ndarray, dict] | None:
+        key = (path, contract.scale, contract.offset)
+        if key not in self._cache:
             if not Path(path).is_file():
                 return None
             from ..core.keras_io import load_model
             from ..training.fit import predict_labels
 
             model = load_model(Path(path))
-            self._cache[path] = (predict_labels(model, self.x_test), totals(model_costs(model)))
-        return self._cache[path]
+            self._cache[key] = (predict_labels(model, self.x_test, contract=contract), totals(model_costs(model)))
+        return self._cache[key]
 
 
 def _by_task(labels, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -74,7 +103,7 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
     model, fmt = parse_name(path)
     threads = v.threads if threads is None else threads
     predictions, latencies = litert.evaluate(path, data.x_test, v.batch_size, threads, v.warmup_runs, v.latency_runs,
-                                             num_classes=data.num_classes)
+                                             num_classes=data.num_classes, contract=data.contract)
     heads = data.tasks or ("label",)
     # a model for named tasks must name the same ones (one top_left head is not a bottom_right model); a
     # plain single-task model's one output may be called anything
@@ -85,7 +114,7 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
         predictions = {heads[0]: next(iter(predictions.values()))}
     truth = {task: (data.y_test[:, i] if data.tasks else data.y_test) for i, task in enumerate(heads)}
     parent_path = record.get("keras_model")
-    parent = parents.get(parent_path) if parents is not None and isinstance(parent_path, str) else None
+    parent = parents.get(parent_path, data.contract) if parents is not None and isinstance(parent_path, str) else None
     keras_labels = _by_task(parent[0], data.tasks) if parent else {}
     if parent and sorted(keras_labels) != sorted(predictions):
         raise PipelineError(f"{path}: its Keras parent {parent_path} has outputs {', '.join(sorted(keras_labels))}, "
@@ -109,7 +138,7 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
     entry = {
         "file": path.as_posix(), "sha256": file_hash(path), "record_key": record.get("key"),
         "model": record.get("model", model), "format": record.get("format", fmt),
-        "pruned": bool(record.get("pruned", False)), "accuracy": mean("accuracy"),
+        "pruned": bool(record.get("pruned", False)), "input": data.contract.to_dict(), "accuracy": mean("accuracy"),
         "keras_model": parent_path if isinstance(parent_path, str) else None, "keras_accuracy": mean("keras_accuracy"),
         "keras_agreement": mean("keras_agreement"),
         "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),

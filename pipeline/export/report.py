@@ -24,7 +24,7 @@ from .measure import parse_name
 SCHEMA = 2
 # The params that decide what the shipped files are and how they are scored (data.dir only says where
 # the data lives: the test-set fingerprint says what it is). Latency settings and studies are left out.
-BOUND = ("name", "seed", "data", "model", "train", "prune", "convert")
+BOUND = ("name", "seed", "data", "input", "model", "train", "prune", "convert")
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_REPORT_BYTES = 64 << 20
 
@@ -101,9 +101,18 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def params_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, ours, theirs) for every key whose value differs."""
+    """(key, ours, theirs) for every key whose value differs. A key that only one side has (params
+    written before it existed) differs only if the other side holds something else than its default:
+    a key is added with a default that keeps what the pipeline did before."""
     a, b = flatten(ours), flatten(theirs)
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    defaults = flatten(bound_params(Params()))
+
+    def differs(key: str) -> bool:
+        if (key in a) != (key in b):
+            return key not in defaults or (a if key in a else b)[key] != defaults[key]
+        return a[key] != b[key]
+
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if differs(k)]
 
 
 # --- schema ---------------------------------------------------------------------------------------

@@ -7,10 +7,31 @@ import numpy as np
 from ..core.errors import PipelineError
 
 
-def representative_data(x_train: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """``count`` training images (never test images) chosen with a seed, as float32."""
-    idx = np.random.default_rng(seed).choice(len(x_train), size=min(count, len(x_train)), replace=False)
-    return x_train[np.sort(idx)].astype(np.float32)
+def representative_data(data, convert, seed: int) -> np.ndarray:
+    """The calibration images of ``convert`` params (ConvertParams): ``representative_samples`` images of
+    the training or validation split (never test images), chosen with a seed, either at random or
+    stratified (each class, of the first task, in proportion to its share of the split, at least one
+    each when there are enough), fed as the model's input (``data.contract``)."""
+    x, y = (data.x_train, data.y_train) if convert.calibration_source == "train" else (data.x_val, data.y_val)
+    count = min(convert.representative_samples, len(x))
+    rng = np.random.default_rng(seed)
+    if not convert.calibration_stratified:
+        idx = rng.choice(len(x), size=count, replace=False)
+    else:
+        strata = y if y.ndim == 1 else y[:, 0]
+        classes, sizes = np.unique(strata, return_counts=True)
+        share = np.floor(count * sizes / len(x)).astype(int)
+        if count >= len(classes):
+            share = np.maximum(share, 1)
+        for i in np.argsort(-sizes):  # what rounding left over, to the largest classes first
+            if share.sum() >= count:
+                break
+            share[i] += min(sizes[i] - share[i], count - share.sum())
+        while share.sum() > count:  # one each for many classes may overshoot a tiny count
+            share[np.argmax(share)] -= 1
+        idx = np.concatenate([rng.choice(np.flatnonzero(strata == c), size=n, replace=False)
+                              for c, n in zip(classes, share) if n])
+    return data.contract.apply(x[np.sort(idx)])
 
 
 def _float16(converter, tf, representative) -> None:

@@ -15,6 +15,7 @@ from ..core.artifacts import (
     save_with_record,
     trained_path,
 )
+from ..core.contract import resolve
 from ..core.errors import PipelineError
 from ..core.keras_io import check_fits_data, load_model, save_model
 from ..core.params import Params
@@ -84,7 +85,13 @@ def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]
         raise PipelineError(f"{source} still holds pruning wrappers; give a trained, unwrapped model")
     data = load_dataset(params.data, params.seed)
     check_fits_data(model, data, source)
-    return source, model, data
+    return source, model, fed(params, model, data, source)
+
+
+def fed(params: Params, model, data: Dataset, source: Path) -> Dataset:
+    """``data`` with the input contract of ``model`` (loaded from ``source``): declared by ``input``
+    params, or the model's own leading Rescaling/Normalization layer; refused if neither says."""
+    return data.with_contract(resolve(params.input, model, str(source), data.input_shape[-1]))
 
 
 def multitask_settings(params: Params, data: Dataset) -> dict:

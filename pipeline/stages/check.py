@@ -17,12 +17,13 @@ from typing import Any, Callable
 import yaml
 
 from ..core.artifacts import OUT_DIR, write_text
+from ..core.contract import declared
 from ..core.errors import PipelineError, clip, short
 from ..core.params import CheckParams, ParamsError, read_yaml
 from ..core.provenance import chain, disagreements
 from ..core.tables import text_table
 from ..data import load_dataset
-from ..export.measure import KerasParents, measure
+from ..export.measure import KerasParents, file_contract, measure
 from ..export.report import (
     SCHEMA,
     file_problems,
@@ -144,7 +145,7 @@ def binding(report: dict, made_with: dict) -> list[Violation]:
         found.append(Violation("(report)", "test set", f"{made_with.get('test_examples')} examples, "
                                f"{made_with['test_set'][:15]}…", f"{report['test_examples']} examples, "
                                f"{report['test_set'][:15]}…", kind="binding"))
-    if params_hash(report["params"]) != params_hash(made_with["params"]):
+    if params_hash(report["params"]) != params_hash(made_with["params"]):  # a key added since may still agree
         for key, gates_value, report_value in params_difference(made_with["params"], report["params"]):
             found.append(Violation("(report)", f"params {key}", gates_value, report_value, kind="binding"))
     return found
@@ -315,7 +316,9 @@ def recomputer(params) -> Callable[[dict], list[Violation]]:
         parents, tolerance = KerasParents(data.x_test), 1 / len(data.y_test) + 1e-9
         found = []
         for e in report["artefacts"]:
-            fresh = measure(Path(e["file"]), data, params.validate, parents, threads=[])
+            path = Path(e["file"])
+            contract = file_contract(path, declared(params.input, data.input_shape[-1]))
+            fresh = measure(path, data.with_contract(contract), params.validate, parents, threads=[])
             pairs = [(key, e.get(key), fresh[key]) for key in MEASURED]
             pairs += [(f"{key}:{task}", e.get("tasks", {}).get(task, {}).get(key), scores[key])
                       for task, scores in fresh.get("tasks", {}).items() for key in MEASURED[:3]]

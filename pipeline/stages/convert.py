@@ -20,8 +20,10 @@ from ..core.artifacts import (
 from ..core.keras_io import check_fits_data, load_model
 from ..core.params import Params
 from ..data import Dataset, load_dataset
+from ..export.sidecar import write_sidecar
 from ..export.tflite import CALIBRATED, representative_data, to_tflite
-from .base import make, refuse_foreign
+from ..training.fit import output_logits
+from .base import fed, make, refuse_foreign
 
 
 def sources(params: Params, model_path: Path | None) -> list[Path]:
@@ -37,34 +39,40 @@ def sources(params: Params, model_path: Path | None) -> list[Path]:
 def convert(params: Params, model_path: Path | None = None) -> list[Path]:
     """Convert the trained and pruned models (or a user's ``model_path``) to every format in params."""
     paths = sources(params, model_path)
-    models = [(path, load_model(path)) for path in paths]  # fail on a bad file before any work
-    needs_data = any(fmt in CALIBRATED for fmt in params.convert.formats)
-    data = load_dataset(params.data, params.seed) if needs_data else None
-    representative = (representative_data(data.x_train, params.convert.representative_samples, params.seed)
-                      if data is not None else None)
+    data = load_dataset(params.data, params.seed)
+    models = []
+    for path in paths:  # fail on a bad file, or one without an input contract, before any work
+        model = load_model(path)
+        check_fits_data(model, data, path)
+        models.append((path, model, fed(params, model, data, path)))
     written = []
-    for path, model in models:
+    for path, model, data in models:
+        print(f"convert: {path}: input {data.contract.describe()}", flush=True)
+        representative = (representative_data(data, params.convert, params.seed)
+                          if any(fmt in CALIBRATED for fmt in params.convert.formats) else None)
+        logits = output_logits(model, data)
         pruned = (read_record(path) or {}).get("stage") == "prune"
-        if data is not None:
-            check_fits_data(model, data, path)
         for fmt in params.convert.formats:
             out = place(tflite_path(model_stem(path), fmt), path, params.name)
             convert_file(model, path, fmt, out, params, data, representative, pruned=pruned)
+            write_sidecar(out, data.contract, data.input_shape, data.class_names, data.tasks, logits)
             written.append(out)
     return written
 
 
-def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: Dataset | None,
+def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: Dataset,
                  representative: np.ndarray | None, **extra) -> Path:
-    """Convert ``model`` (loaded from ``path``) to ``out`` unless ``out`` is current; ``extra`` goes
-    into the record. ``data`` and ``representative`` are needed for full-integer int8 only."""
-    used: dict = {"format": fmt}
+    """Convert ``model`` (loaded from ``path``, fed by ``data.contract``) to ``out`` unless ``out`` is
+    current; ``extra`` goes into the record. ``representative`` is needed for full-integer int8 only."""
+    used: dict = {"format": fmt, "input": params.section("input")}
     inputs = {"model": file_hash(path)}
     if fmt in CALIBRATED:  # only these read data (the calibration images)
-        used.update(representative_samples=params.convert.representative_samples, data=params.section("data"))
+        c = params.convert
+        used.update(representative_samples=c.representative_samples, calibration_source=c.calibration_source,
+                    calibration_stratified=c.calibration_stratified, data=params.section("data"))
         inputs["dataset"] = data.fingerprint
     planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=model_stem(path),
-                          format=fmt, **extra)
+                          format=fmt, input=data.contract.to_dict(), **extra)
 
     def work(_state: Path):
         blob = to_tflite(model, fmt, representative if fmt in CALIBRATED else None)

@@ -21,7 +21,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
     """Prune the trained model (or a user's ``model_path``); write ``models/<stem>.pruned.keras``."""
     source, model, data = load_parent(params, model_path, refuse=("prune",))
     out = place(pruned_path(model_stem(source)), source, params.name)
-    used = {**params.subset("data", "prune"), **multitask_settings(params, data)}
+    used = {**params.subset("data", "input", "prune"), **multitask_settings(params, data)}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
                                                        "revision": REVISION}, parent=str(source), dataset=data.source)
     p = params.prune

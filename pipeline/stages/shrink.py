@@ -38,7 +38,7 @@ from .base import load_parent, make, multitask_settings
 def int8_latency(params: Params, data: Dataset):
     """model -> median single-image latency (ms, 1 thread) of its full-integer int8 conversion, timed
     by the one measurement (on 8 validation images: only the latency is used)."""
-    representative = representative_data(data.x_train, params.convert.representative_samples, params.seed)
+    representative = representative_data(data, params.convert, params.seed)
     probe = dataclasses.replace(data, x_test=data.x_val[:8], y_test=data.y_val[:8])
 
     def latency(model) -> float:
@@ -55,7 +55,7 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     stem = model_stem(source)
     out = place(shrunk_path(stem), source, params.name)
-    used = {**params.subset("data", "structured"), "validate": params.section("validate"),
+    used = {**params.subset("data", "input", "structured"), "validate": params.section("validate"),
             **multitask_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)

@@ -9,22 +9,27 @@ from pathlib import Path
 from .. import architectures
 from ..core.artifacts import make_record, text_hash, trained_path
 from ..core.framework import keras
+from ..core.errors import PipelineError
 from ..core.params import Params
 from ..data import load_dataset
-from ..training.fit import as_dataset, fit_target, seed_everything, split_accuracies
+from ..training.fit import fit_target, seed_everything, split_accuracies, split_dataset
 from ..training.resume import Diverged, divergence_hint, fit_resumable
-from .base import make
+from .base import fed, make
 
 
 def train(params: Params) -> Path:
     """Train ``params.model`` on ``params.data``; write the best epoch to ``models/<name>.keras``."""
+    m = params.model
+    if m.file:
+        raise PipelineError(f"model.file names a ready-made model ({m.file}); there is nothing to train: the stages "
+                            "after training start from it (unset model.file to train model.architecture)")
     data = load_dataset(params.data, params.seed)
     out = trained_path(params.name)
-    m = params.model
     seed_everything(params.seed)
     model = architectures.build(m.architecture, data.input_shape, data.num_classes, width=m.width,
                                 dropout=m.dropout, options=m.options, tasks=data.tasks)
-    used = params.subset("name", "data", "model", "train")
+    data = fed(params, model, data, out)
+    used = params.subset("name", "data", "input", "model", "train")
     # the built network's own description is an input: a change to a builder retrains, like a params edit
     inputs = {"dataset": data.fingerprint, "architecture": text_hash(model.to_json())}
     planned = make_record("train", used, params.seed, inputs, dataset=data.source,
@@ -36,9 +41,8 @@ def train(params: Params) -> Path:
         target = fit_target(model, data, params.train, rate)
         print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
         start = time.perf_counter()
-        keep = fit_resumable(target, as_dataset(data.x_train, data.labels(data.y_train), params.train.batch_size,
-                                                params.seed),
-                             as_dataset(data.x_val, data.labels(data.y_val), 500), params.train.epochs, state,
+        keep = fit_resumable(target, split_dataset(data, "train", params.train.batch_size, params.seed),
+                             split_dataset(data, "val", 500), params.train.epochs, state,
                              planned["key"], [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))])
         metrics = {"best_epoch": keep.best_epoch + 1, **split_accuracies(model, data),
                    "train_seconds": round(time.perf_counter() - start, 1), "history": keep.history}

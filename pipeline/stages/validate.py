@@ -6,12 +6,14 @@ record key, the test set's fingerprint and the params that made the artefacts.""
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
 from ..core.artifacts import (
     OUT_DIR,
     USER_DIR,
+    check_writable,
     is_config_model,
     model_stem,
     place,
@@ -22,11 +24,12 @@ from ..core.artifacts import (
     write_json,
     write_text,
 )
+from ..core.contract import declared
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..core.plots import confusion_png, curves_png
 from ..data import Dataset, load_dataset
-from ..export.measure import KerasParents, measure
+from ..export.measure import KerasParents, chance_warning, file_contract, measure
 from ..export.report import make_report, markdown
 from .base import refuse_foreign
 
@@ -51,27 +54,48 @@ def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     return files
 
 
-def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR) -> Path:
-    """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them."""
-    files = discover(params, keras_model, out_dir)
-    if keras_model is None:  # the config's own files must be what these params make
+def tflite_files(paths: list[Path]) -> list[Path]:
+    """``validate --tflite``: the files as given, whatever their names; one line for one that is missing,
+    not a file, or given twice."""
+    for path in paths:
+        if not path.is_file():
+            raise PipelineError(f"--tflite {path}: {'not a file' if path.exists() else 'not found'}")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise PipelineError("--tflite: a file is given twice")
+    return list(paths)
+
+
+def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OUT_DIR,
+             tflite: list[Path] | None = None, report_to: Path | None = None) -> Path:
+    """Validate the .tflite files and write ``<model>.report.json`` and ``.md`` beside them (``tflite``:
+    any files by path instead, reported to ``report_to``)."""
+    files = tflite_files(tflite) if tflite else discover(params, keras_model, out_dir)
+    if keras_model is None and not tflite:  # the config's own files must be what these params make
         for path in files:
             refuse_foreign(path, params)
+    if tflite:
+        json_path = report_to or out_dir / USER_DIR / "tflite.report.json"
+    elif keras_model is None:
+        json_path = out_dir / report_path(params.name).name
+    else:
+        json_path = place(out_dir / report_path(model_stem(keras_model)).name, keras_model, params.name)
+    if not json_path.name.endswith(".report.json"):
+        raise PipelineError(f"--report {json_path}: a report's name ends in .report.json (its .md goes beside it)")
+    check_writable(json_path)
     data = load_dataset(params.data, params.seed)
+    contracts = {path: file_contract(path, declared(params.input, data.input_shape[-1])) for path in files}
     parents = KerasParents(data.x_test)
     entries = []
     for path in files:
         start = time.perf_counter()
-        entry = measure(path, data, params.validate, parents)
+        entry = measure(path, data.with_contract(contracts[path]), params.validate, parents)
         entries.append(entry)
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
+        if warning := chance_warning(entry, data.num_classes):
+            print(warning, file=sys.stderr, flush=True)
     report = make_report(params, data, entries)
-    if keras_model is None:
-        json_path = out_dir / report_path(params.name).name
-    else:
-        json_path = place(out_dir / report_path(model_stem(keras_model)).name, keras_model, params.name)
-    md_path = json_path.with_suffix(".md")
+    md_path = json_path.with_name(json_path.name.removesuffix(".json") + ".md")
     write_json(json_path, report)
     write_text(md_path, markdown(report))
     pictures = draw(report, data, json_path)

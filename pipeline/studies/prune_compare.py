@@ -67,7 +67,7 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     left_out = {}  # before any fine-tuning: a criterion that cannot rank this model is left out, and said so
     for criterion in CRITERIA:
         try:
-            refuse_ties(trained, rank(trained, criterion, data.x_val, data.labels(data.y_val)), criterion)
+            refuse_ties(trained, rank(trained, criterion, data.contract.apply(data.x_val), data.labels(data.y_val)), criterion)
         except PipelineError as exc:
             print(f"prune-compare: leaving out one shot by {criterion}: {exc}", flush=True)
             left_out[criterion] = str(exc)
@@ -80,7 +80,7 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
         print(f"prune-compare: one shot to the structured model's widths, ranked by {criterion}", flush=True)
         models[f"one shot ({criterion})"] = one_shot(trained, data, one_shot_params, params.train, params.seed,
                                                      shrunk, criterion)
-    representative = representative_data(data.x_train, params.convert.representative_samples, params.seed)
+    representative = representative_data(data, params.convert, params.seed)
     v = params.validate
     rows = []
     for i, (label, model) in enumerate(models.items()):

@@ -42,7 +42,7 @@ def measure_variants(variants: dict[str, Params], out_dir: Path, label: str) -> 
         data = data_for(p)
         path = train(p)
         model = load_model(path)
-        representative = representative_data(data.x_train, p.convert.representative_samples, p.seed)
+        representative = representative_data(data, p.convert, p.seed)
         out = convert_file(model, path, "int8", out_dir / f"{variant}.int8.tflite", p, data, representative,
                            pruned=False)
         built.append((variant, p, path, out, totals(model_costs(model))))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.contract import RAW, InputContract, gives_probabilities
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 from ..data import Dataset
@@ -16,32 +17,57 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def as_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
-    """uint8 arrays -> a batched float32 tf.data pipeline (the model rescales inside)."""
+def as_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None,
+               contract: InputContract = RAW):
+    """uint8 arrays -> a batched float32 tf.data pipeline, each pixel turned into the model's input by
+    ``contract`` (the identity for the pipeline's own models: they rescale inside)."""
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    cast = (lambda a: tf.cast(a, tf.float32)) if y is None else (lambda a, b: (tf.cast(a, tf.float32), b))
-    return ds.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    scale, offset = tf.constant(contract.scale, tf.float32), tf.constant(contract.offset, tf.float32)
+    to_input = (lambda a: tf.cast(a, tf.float32)) if contract.is_identity else \
+        (lambda a: tf.cast(a, tf.float32) * scale + offset)
+    step = to_input if y is None else (lambda a, b: (to_input(a), b))
+    return ds.batch(batch_size).map(step, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def compile_for_training(model, rate) -> None:
-    """Adam on sparse categorical cross-entropy; ``rate`` is a number or a learning-rate schedule."""
-    model.compile(optimizer=keras.optimizers.Adam(rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-
-
-def predict_labels(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray | dict[str, np.ndarray]:
-    """Top-1 labels; for a multi-task model, a dict of them keyed by task."""
-    scores = model.predict(as_dataset(x, None, batch_size), verbose=0)
+def by_output(model, scores) -> dict[str, np.ndarray]:
+    """A model's outputs keyed by output name, whether it returns a dict, a list or one tensor."""
     if isinstance(scores, dict):
-        return {task: np.argmax(s, axis=-1) for task, s in scores.items()}
-    return np.argmax(scores, axis=-1)
+        return dict(scores)
+    scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    return dict(zip(model.output_names, scores))
 
 
-def accuracy(model, x: np.ndarray, y: np.ndarray, tasks: tuple[str, ...] = ()) -> float | dict[str, float]:
+def output_logits(model, data: Dataset) -> dict[str, bool]:
+    """The output contract, per output name: True if the output gives logits, False if probabilities.
+    Read from what the model returns for a few training images (:func:`gives_probabilities`)."""
+    outputs = by_output(model, model(data.contract.apply(data.x_train[:32]), training=False))
+    return {name: not gives_probabilities(scores) for name, scores in outputs.items()}
+
+
+def compile_for_training(model, rate, from_logits: bool = False) -> None:
+    """Adam on sparse categorical cross-entropy (on logits or probabilities, as the model outputs);
+    ``rate`` is a number or a learning-rate schedule."""
+    model.compile(optimizer=keras.optimizers.Adam(rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
+
+
+def predict_labels(model, x: np.ndarray, batch_size: int = 500, contract: InputContract = RAW
+                   ) -> np.ndarray | dict[str, np.ndarray]:
+    """Top-1 labels; for a multi-output model, a dict of them keyed by output (task) name."""
+    scores = by_output(model, model.predict(as_dataset(x, None, batch_size, contract=contract), verbose=0))
+    if len(scores) == 1:
+        return np.argmax(next(iter(scores.values())), axis=-1)
+    return {task: np.argmax(s, axis=-1) for task, s in scores.items()}
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, tasks: tuple[str, ...] = (), contract: InputContract = RAW
+             ) -> float | dict[str, float]:
     """Top-1 accuracy; with ``tasks`` (y has one column per task), a dict of them keyed by task."""
-    labels = predict_labels(model, x)
+    labels = predict_labels(model, x, contract=contract)
+    if tasks and not isinstance(labels, dict):  # a one-task model of multi-task data
+        labels = {tasks[0]: labels}
     if tasks:
         return {task: float(np.mean(labels[task] == y[:, i])) for i, task in enumerate(tasks)}
     return float(np.mean(labels == y))
@@ -51,7 +77,7 @@ def split_accuracies(model, data: Dataset) -> dict:
     """Accuracy on each split; for multi-task data the mean over tasks, and each task's under ``tasks``."""
     splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val),
               "test": (data.x_test, data.y_test)}
-    found = {name: accuracy(model, x, y, data.tasks) for name, (x, y) in splits.items()}
+    found = {name: accuracy(model, x, y, data.tasks, data.contract) for name, (x, y) in splits.items()}
     if not data.tasks:
         return {f"{name}_accuracy": value for name, value in found.items()}
     metrics: dict = {f"{name}_accuracy": float(np.mean(list(value.values()))) for name, value in found.items()}
@@ -59,18 +85,26 @@ def split_accuracies(model, data: Dataset) -> dict:
     return metrics
 
 
+def split_dataset(data: Dataset, split: str, batch_size: int, shuffle_seed: int | None = None):
+    """One split of ``data`` ("train" or "val") as the batched (input, labels) pipeline fitting reads."""
+    x, y = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val)}[split]
+    return as_dataset(x, data.labels(y), batch_size, shuffle_seed, data.contract)
+
+
 def fit_target(model, data: Dataset, p: TrainParams, rate):
-    """What ``fit`` runs on, compiled with Adam at ``rate``: the model itself for one task, or a
+    """What ``fit`` runs on, compiled with Adam at ``rate`` and a loss on logits or probabilities as the
+    model's outputs give (:func:`output_logits`): the model itself for one task, or a
     :class:`~pipeline.training.multitask.MultiTaskTrainer` around it (task weights, and the soft-sharing
     penalty if the model has a tower per task)."""
+    logits = output_logits(model, data)
     if not data.tasks:
-        compile_for_training(model, rate)
+        compile_for_training(model, rate, from_logits=next(iter(logits.values())))
         return model
 
     soft = bool(tower_groups(model, data.tasks))
     penalty = p.sharing_penalty if soft and p.sharing_coefficient > 0 else None
     trainer = MultiTaskTrainer(model, data.tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty,
-                               p.sharing_coefficient)
+                               p.sharing_coefficient, logits)
     trainer.compile(optimizer=keras.optimizers.Adam(rate))
     trainer(tf.zeros((1, *data.input_shape)))  # built before fit, so BackupAndRestore can restore its optimizer
     return trainer

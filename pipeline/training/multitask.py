@@ -78,7 +78,7 @@ class MultiTaskTrainer(keras.Model):
     """
 
     def __init__(self, net, tasks, weights: dict[str, float] | None = None, uncertainty: bool = False,
-                 penalty: str | None = None, coefficient: float = 0.0):
+                 penalty: str | None = None, coefficient: float = 0.0, logits: dict[str, bool] | None = None):
         super().__init__(name="multitask_trainer")
         self.net, self.tasks = net, tuple(tasks)
         self.weights_by_task = [float((weights or {}).get(t, 1.0)) for t in self.tasks]
@@ -86,13 +86,15 @@ class MultiTaskTrainer(keras.Model):
                                         trainable=True) if uncertainty else None
         self.groups = tower_groups(net, self.tasks) if penalty else []
         self.penalty_kind, self.coefficient = penalty, coefficient
-        self.ce = keras.losses.SparseCategoricalCrossentropy()
+        self.ce = {t: keras.losses.SparseCategoricalCrossentropy(from_logits=bool((logits or {}).get(t)))
+                   for t in self.tasks}  # per task: on logits or on probabilities, as its output gives
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
         self.accuracies = {t: keras.metrics.SparseCategoricalAccuracy(name=f"{t}_accuracy") for t in self.tasks}
 
     def call(self, x, training=False):
-        return self.net(x, training=training)
+        out = self.net(x, training=training)
+        return out if isinstance(out, dict) else dict(zip(self.net.output_names, out))
 
     @property
     def metrics(self):
@@ -100,7 +102,7 @@ class MultiTaskTrainer(keras.Model):
         return trackers + [self.penalty_tracker] if self.groups else trackers
 
     def _objective(self, y, out):
-        losses = tf.stack([self.ce(y[t], out[t]) for t in self.tasks])
+        losses = tf.stack([self.ce[t](y[t], out[t]) for t in self.tasks])
         if self.log_vars is not None:
             total = tf.reduce_sum(tf.exp(-self.log_vars) * losses + self.log_vars)
         else:
@@ -121,13 +123,13 @@ class MultiTaskTrainer(keras.Model):
     def train_step(self, data):
         x, y = data
         with tf.GradientTape() as tape:
-            out = self.net(x, training=True)
+            out = self(x, training=True)
             loss, penalty = self._objective(y, out)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._logs(loss, penalty, y, out)
 
     def test_step(self, data):
         x, y = data
-        out = self.net(x, training=False)
+        out = self(x, training=False)
         loss, penalty = self._objective(y, out)
         return self._logs(loss, penalty, y, out)

@@ -41,6 +41,7 @@ def activation_scores(graph: ChannelGraph, spaces: list[Space], x: np.ndarray, y
     sums = [np.zeros(s.channels) for s in spaces]
     count = 0
     ce = keras.losses.SparseCategoricalCrossentropy(reduction="sum")
+    logits = None  # per output: True if it gives logits (read from the first batch)
     # labels per model output, in the order of model.outputs (a dict of labels is keyed by output name)
     targets = [y[name] for name in model.output_names] if isinstance(y, dict) else [y]
     for start in range(0, len(x), batch_size):
@@ -49,7 +50,12 @@ def activation_scores(graph: ChannelGraph, spaces: list[Space], x: np.ndarray, y
             *acts, outs = probe(xb, training=False)
             if criterion == "taylor":
                 outs = outs if isinstance(outs, list) else [outs]
-                loss = tf.add_n([ce(t[start:start + batch_size], out) for t, out in zip(targets, outs)])
+                if logits is None:
+                    from ...core.contract import gives_probabilities
+
+                    logits = [not gives_probabilities(out) for out in outs]
+                loss = tf.add_n([ce(t[start:start + batch_size], tf.nn.softmax(out) if lg else out)
+                                 for t, out, lg in zip(targets, outs, logits)])
         grads = tape.gradient(loss, acts) if criterion == "taylor" else [None] * len(acts)
         for i, (a, g) in enumerate(zip(acts, grads)):
             a = a.numpy().reshape(a.shape[0], -1, a.shape[-1])  # (batch, positions, channels)

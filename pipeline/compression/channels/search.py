@@ -9,7 +9,7 @@ import numpy as np
 from ...core.errors import PipelineError
 from ...core.framework import keras
 from ...export.costs import model_costs, totals
-from ...training.fit import accuracy, as_dataset, fit_target, seed_everything
+from ...training.fit import accuracy, fit_target, seed_everything, split_dataset
 from ...training.resume import Diverged, divergence_hint, keras_verbosity
 from .graph import ChannelGraph
 from .ranking import rank, refuse_ties
@@ -18,7 +18,7 @@ from .surgery import choose, layer_fractions, remove_channels
 
 def val_accuracies(model, data) -> dict[str, float]:
     """Validation accuracy per task (``{"label": ...}`` for a single-task model)."""
-    found = accuracy(model, data.x_val, data.y_val, data.tasks)
+    found = accuracy(model, data.x_val, data.y_val, data.tasks, data.contract)
     return found if isinstance(found, dict) else {"label": found}
 
 
@@ -38,7 +38,7 @@ def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> t
     accuracy after removing that share of the group's channels alone, without retraining. A share
     that removes no channel of a small layer (10% of 8) is not measured: its row says 0 removed and
     holds no accuracy."""
-    scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    scores = rank(model, criterion, data.contract.apply(data.x_val), data.labels(data.y_val))
     refuse_ties(model, scores, criterion)
     base = val_accuracy(model, data)
     rows = []
@@ -60,7 +60,7 @@ def finetune(model, data, s, train_p, seed: int) -> None:
     steps = math.ceil(len(data.x_train) / s.batch_size)
     target = fit_target(model, data, train_p, keras.optimizers.schedules.CosineDecay(
         s.learning_rate, steps * s.finetune_epochs))
-    target.fit(as_dataset(data.x_train, data.labels(data.y_train), s.batch_size, seed), epochs=s.finetune_epochs,
+    target.fit(split_dataset(data, "train", s.batch_size, seed), epochs=s.finetune_epochs,
                verbose=keras_verbosity(),
                callbacks=[Diverged("structured fine-tuning", divergence_hint(data.tasks, "structured.learning_rate"))])
 
@@ -86,7 +86,7 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
     history = [{**start, "within_budget": True}]
     kept, current = model, model
     for r in range(1, s.max_rounds + 1):
-        scores = rank(current, s.criterion, data.x_val, data.labels(data.y_val))
+        scores = rank(current, s.criterion, data.contract.apply(data.x_val), data.labels(data.y_val))
         shares = layer_fractions(current, s.fraction, s.layer_fractions) if s.layer_fractions else s.fraction
         refuse_ties(current, scores, s.criterion, shares if isinstance(shares, dict) else None)
         keep = choose(scores, shares, s.scope, s.channel_multiple)
@@ -120,7 +120,7 @@ def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = N
     ``s.finetune_epochs``: the baseline that iteration, and each criterion, are compared with."""
     criterion = criterion or s.criterion
     graph = ChannelGraph(model)
-    scores = rank(model, criterion, data.x_val, data.labels(data.y_val))
+    scores = rank(model, criterion, data.contract.apply(data.x_val), data.labels(data.y_val))
     refuse_ties(model, scores, criterion)
     keep = {}
     for space in graph.prunable():
