@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import tiny_dataset
+from conftest import SMOKE, fails_cleanly, run_cli, snapshot, tiny_dataset
 
 from pipeline import architectures
 from pipeline.compression.magnitude import make_schedule, prune_model
@@ -23,10 +23,12 @@ def trained():
     return model
 
 
-@pytest.mark.parametrize("schedule", ["polynomial_decay", "constant_sparsity"])
-def test_schedule_reaches_its_target_sparsity(trained, schedule):
-    p = PruneParams(schedule=schedule, min_weights=0, final_sparsity=0.6, epochs=2, begin_epoch=0, end_epoch=1, frequency=1,
-                    batch_size=32, learning_rate=1e-4)
+# frequency 100 on 6 steps an epoch: TF-MOT alone would never update the masks after step 0
+@pytest.mark.parametrize("schedule, frequency", [("polynomial_decay", 1), ("constant_sparsity", 1),
+                                                 ("polynomial_decay", 100)])
+def test_schedule_reaches_its_target_sparsity(trained, schedule, frequency):
+    p = PruneParams(schedule=schedule, min_weights=0, final_sparsity=0.6, epochs=2, begin_epoch=0, end_epoch=1,
+                    frequency=frequency, batch_size=32, learning_rate=1e-4)
     _, stripped, _ = prune_model(trained, DATA, p, seed=0)
     for cost in model_costs(stripped):
         if cost.prunable > 20:  # tiny layers round to whole weights
@@ -59,7 +61,21 @@ def test_pruning_starts_from_every_trained_weight_and_leaves_the_trained_model_a
 def test_schedule_steps_come_from_the_fine_tuning_epochs():
     schedule = make_schedule(PruneParams(epochs=4, begin_epoch=1, end_epoch=3, frequency=10), steps_per_epoch=50)
     config = schedule.get_config()["config"]
-    assert (config["begin_step"], config["end_step"]) == (50, 149)
+    # the ramp ends on the last mask update, where the polynomial reaches final_sparsity
+    assert (config["begin_step"], config["end_step"], config["frequency"]) == (50, 140, 10)
+    few = make_schedule(PruneParams(epochs=2, end_epoch=1, frequency=100), steps_per_epoch=17).get_config()["config"]
+    assert (few["begin_step"], few["end_step"], few["frequency"]) == (0, 16, 16)
+
+
+def test_a_prune_that_ends_short_of_its_sparsity_fails_naming_both(copy_of_smoke, monkeypatch):
+    from pipeline.compression import magnitude
+
+    # the schedule TF-MOT would run without schedule_steps: a frequency longer than the whole ramp
+    monkeypatch.setattr(magnitude, "schedule_steps", lambda p, steps: (0, steps * p.end_epoch - 1, 10**4))
+    before = snapshot(copy_of_smoke)
+    proc = run_cli("prune", *SMOKE, "--set", "prune.frequency=10000", cwd=copy_of_smoke, check=False)
+    fails_cleanly(proc, "the pruned layers ended at", "50.0% was asked for")
+    assert snapshot(copy_of_smoke) == before
 
 
 @pytest.mark.parametrize("fmt, bound", [("float32", 1.0), ("float16", 1.0), ("dynamic_int8", 0.95),

@@ -16,13 +16,36 @@ from ..training.resume import Diverged, divergence_hint, fit_resumable
 sparsity = tfmot.sparsity.keras
 
 
+def schedule_steps(p: PruneParams, steps_per_epoch: int) -> tuple[int, int, int]:
+    """(begin, end, frequency) of the mask updates, from the fine-tuning's actual number of steps.
+
+    TF-MOT updates the masks at ``begin`` and every ``frequency`` steps after it up to ``end``, and a
+    polynomial schedule reaches its final sparsity only at ``end``: so ``end`` is moved to the last
+    update at or before the configured end, and ``frequency`` is lowered when the ramp has fewer steps
+    than it (a small dataset: 17 steps an epoch at frequency 100 would never prune after step 0)."""
+    begin = p.begin_epoch * steps_per_epoch
+    span = max(p.end_epoch * steps_per_epoch - 1 - begin, 1)
+    frequency = min(p.frequency, span)
+    return begin, begin + (span // frequency) * frequency, frequency
+
+
 def make_schedule(p: PruneParams, steps_per_epoch: int):
-    """The TF-MOT schedule from params; begin and end steps come from the fine-tuning epochs."""
-    begin, end = p.begin_epoch * steps_per_epoch, max(p.end_epoch * steps_per_epoch - 1, 1)
+    """The TF-MOT schedule from params, on the steps of :func:`schedule_steps`."""
+    begin, end, frequency = schedule_steps(p, steps_per_epoch)
     if p.schedule == "constant_sparsity":
-        return sparsity.ConstantSparsity(p.final_sparsity, begin_step=begin, end_step=end, frequency=p.frequency)
+        return sparsity.ConstantSparsity(p.final_sparsity, begin_step=begin, end_step=end, frequency=frequency)
     return sparsity.PolynomialDecay(initial_sparsity=p.initial_sparsity, final_sparsity=p.final_sparsity,
-                                    begin_step=begin, end_step=end, frequency=p.frequency)
+                                    begin_step=begin, end_step=end, frequency=frequency)
+
+
+def target_sparsity(p: PruneParams) -> float:
+    """The share of zeros the pruned layers must end with: final_sparsity, or 2 in 4 for 2:4 sparsity."""
+    return 0.5 if p.sparsity_m_by_n else p.final_sparsity
+
+
+def pruned_layers(wrapped) -> list[str]:
+    """Names of the layers that ``wrap_for_pruning`` wrapped (those TF-MOT prunes)."""
+    return [layer.layer.name for layer in wrapped.layers if type(layer).__name__ == "PruneLowMagnitude"]
 
 
 # Layers whose kernels magnitude pruning zeroes. TF-MOT also wraps DepthwiseConv2D but prunes none of
@@ -89,6 +112,14 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / p.batch_size)
     wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
+    if not pruned_layers(wrapped):
+        raise PipelineError(f"prune: no layer of {model.name} can be pruned: none is a {', '.join(PRUNABLE)} layer "
+                            f"with at least prune.min_weights ({p.min_weights:,}) kernel weights; lower "
+                            "prune.min_weights (`mobiledeploy summary` lists each layer's weights)")
+    begin, end, frequency = schedule_steps(p, steps)
+    if frequency != p.frequency:
+        print(f"prune: the sparsity ramp has {end - begin + 1} steps ({steps} a fine-tuning epoch), fewer than "
+              f"prune.frequency ({p.frequency}): masks are updated every {frequency} steps instead", flush=True)
     hold = p.end_epoch * steps
     target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
     keep = fit_resumable(target, split_dataset(data, "train", p.batch_size, seed), split_dataset(data, "val", 500),

@@ -22,7 +22,7 @@ from ..core.params import Params
 from ..core.provenance import disagreements, stale_link
 from ..data import Dataset, load_dataset
 from ..export.report import bound_params, flatten
-from ..training.resume import DivergedError, backup_dir, finish
+from ..training.resume import backup_dir, finish
 
 
 def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, dict[str, Any] | None]]) -> None:
@@ -40,8 +40,8 @@ def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, d
     state = backup_dir(out)
     try:
         made, metrics = work(state)
-    except DivergedError:  # resuming would only diverge again
-        finish(state)
+    except PipelineError:  # a refusal after the work (a divergence, a sparsity not reached): resuming would
+        finish(state)      # only meet it again; an interruption (Ctrl-C, SIGTERM) keeps the state to resume
         raise
     record = {**planned, "metrics": metrics} if metrics is not None else planned
     if isinstance(made, bytes):

@@ -5,16 +5,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..compression.magnitude import prune_model
+from ..compression.magnitude import pruned_layers, prune_model, target_sparsity
 from ..core.artifacts import file_hash, make_record, model_stem, place, pruned_path
+from ..core.errors import PipelineError
 from ..core.params import Params
 from ..export.costs import model_costs, totals
 from ..training.fit import split_accuracies
 from .base import load_parent, make, multitask_settings
 
 # Part of the stage's record key: raised when a fix changes what the same inputs and params produce, so
-# models pruned before it are redone (2: layers left dense kept their trained weights from then on).
-REVISION = 2
+# models pruned before it are redone (2: layers left dense kept their trained weights from then on; 3: the
+# mask updates fit the fine-tuning's steps).
+REVISION = 3
+TOLERANCE = 0.02  # how far the pruned layers' sparsity may end from the one asked for
 
 
 def prune(params: Params, model_path: Path | None = None) -> Path:
@@ -30,13 +33,21 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
         print(f"prune: {p.schedule} to {p.final_sparsity:.0%} over {p.epochs} fine-tuning epochs on "
               f"{data.describe()}", flush=True)
         start = time.perf_counter()
-        _, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"], params.train)
+        wrapped, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"], params.train)
         costs = model_costs(stripped)
+        names = set(pruned_layers(wrapped))
+        pruned = [c for c in costs if c.name in names]
+        reached = sum(c.zeros for c in pruned) / max(sum(c.prunable for c in pruned), 1)
+        if abs(reached - target_sparsity(p)) > TOLERANCE:
+            raise PipelineError(f"prune: the pruned layers ended at {reached:.1%} sparsity, {target_sparsity(p):.1%} was "
+                                f"asked for; nothing written. Give the fine-tuning more steps (prune.epochs, "
+                                f"prune.end_epoch) or a lower prune.frequency")
         metrics = {**split_accuracies(stripped, data), "finetune_seconds": round(time.perf_counter() - start, 1),
-                   "sparsity": totals(costs)["sparsity"],
+                   "sparsity": totals(costs)["sparsity"], "pruned_layers_sparsity": round(reached, 4),
                    "layer_sparsity": {c.name: round(c.zeros / c.prunable, 4) for c in costs if c.prunable},
                    "best_epoch": keep.best_epoch + 1, "history": keep.history}
-        print(f"prune: sparsity {metrics['sparsity']:.1%}, val {metrics['val_accuracy']:.4f}, "
+        print(f"prune: sparsity {reached:.1%} in the {len(pruned)} pruned layers ({metrics['sparsity']:.1%} of all "
+              f"weights), val {metrics['val_accuracy']:.4f}, "
               f"test {metrics['test_accuracy']:.4f} -> {out}", flush=True)
         return stripped, metrics
 
