@@ -104,8 +104,9 @@ def stage_options(fn):
     return wrapper
 
 
-MODEL_OPTION = click.option("--model", "model_path", type=click.Path(path_type=Path, dir_okay=False),
-                            help="Your own Keras model (.keras or .h5) instead of the pipeline's.")
+MODEL_OPTION = click.option("--model", "model_path", type=click.Path(path_type=Path),
+                            help="Your own model instead of the pipeline's: a tf_keras .keras or .h5 file (every "
+                                 "command), a Keras 3 .keras file or a SavedModel folder (convert, validate).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

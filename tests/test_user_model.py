@@ -146,3 +146,89 @@ def test_calibration_comes_from_the_chosen_split_stratified_and_through_the_cont
     expected = np.bincount(data.y_val, minlength=3) * 30 / len(data.y_val)
     assert np.all(np.abs(counts - expected) <= 1), (counts, expected)
     assert RAW.apply(data.x_train[:1]).max() > 1  # raw pixels stay 0-255
+
+
+@pytest.mark.e2e
+def test_a_keras3_file_and_a_savedmodel_convert_and_validate_and_training_stages_say_what_they_need(user_project):
+    from pipeline.core.framework import keras3
+
+    project, _ = user_project
+    k = keras3()
+    inputs = k.Input((28, 28, 1))
+    hidden = k.layers.Conv2D(8, 3, strides=2, activation="relu")(k.layers.Rescaling(1 / 255)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Flatten()(hidden)))
+    model.save(project / "k3.keras")
+    model.export(str(project / "k3_saved"), verbose=False)
+    for given, extra in (("k3.keras", ()), ("k3_saved", ("--set", "input.pixels=raw"))):
+        run_cli("convert", "--model", given, *QUICK, *extra, cwd=project)
+        run_cli("validate", "--model", given, *QUICK, *extra, cwd=project)
+        report = json.loads((project / f"tflite_out/user/{given.removesuffix('.keras')}.report.json").read_text())
+        found = {e["format"]: e for e in report["artefacts"]}  # an untrained model: int8 may flip near-ties
+        assert found["float32"]["keras_agreement"] >= 0.99 and found["int8"]["keras_agreement"] is not None
+        fails_cleanly(run_cli("prune", "--model", given, *QUICK, cwd=project, check=False),
+                      "this command needs a tf_keras (Keras 2) model", "`convert` and `validate` take this file")
+    # a SavedModel sees no Rescaling layer: its input contract must be declared
+    fails_cleanly(run_cli("convert", "--model", "k3_saved", *QUICK, cwd=project, check=False),
+                  "k3_saved is not a Keras model the pipeline can look into", "input.pixels")
+
+
+@pytest.mark.bad_input("hostile SavedModel")
+def test_a_savedmodel_whose_serving_reads_files_is_refused_before_loading(tmp_path):
+    from pipeline.core.framework import tf
+    from pipeline.core.model_files import load_any
+
+    class Reader(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+        def serve(self, x):
+            secret = tf.strings.length(tf.io.read_file("/etc/hostname"))
+            return {"scores": tf.nn.softmax(tf.reshape(x, [-1, 784])[:, :10] * tf.cast(secret, tf.float32))}
+
+    module = Reader()
+    tf.saved_model.save(module, str(tmp_path / "reader"), signatures={"serving_default": module.serve})
+    with pytest.raises(PipelineError, match="refused, not loaded: its graph holds ReadFile"):
+        load_any(tmp_path / "reader")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="a folder without saved_model.pb"):
+        load_any(tmp_path / "empty")
+
+
+def test_a_nested_backbone_is_flattened_so_every_stage_sees_its_layers(tmp_path):
+    from pipeline.compression.channels.graph import ChannelGraph
+    from pipeline.core.keras_io import load_model
+    from pipeline.export.costs import model_costs, totals
+
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None,
+                                              pooling="avg")
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(backbone(keras.layers.Rescaling(1 / 127.5, -1)(inputs)))
+    nested = keras.Model(inputs, outputs)
+    nested.save(tmp_path / "nested.keras")
+    flat = load_model(tmp_path / "nested.keras")
+    assert not any(type(layer).__name__ == "Functional" for layer in flat.layers) and len(flat.layers) > 100
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(flat(x).numpy(), nested(x).numpy(), atol=1e-6)
+    assert totals(model_costs(flat))["macs"] > 100 * totals(model_costs(nested))["macs"]  # not just the head
+    assert len(ChannelGraph(flat).prunable()) > 10
+
+
+def test_a_nested_model_is_pruned_to_its_target_once_flattened():
+    from pipeline.compression.magnitude import prune_model, pruned_layers
+    from pipeline.core.keras_io import flatten_nested
+    from pipeline.core.params import PruneParams
+    from pipeline.export.costs import model_costs
+
+    data = tiny_dataset(n=120)
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input(data.input_shape)
+    inner = keras.Model(inner_in, keras.layers.Conv2D(16, 3, activation="relu", name="dense")(inner_in), name="body")
+    inputs = keras.Input(data.input_shape)
+    hidden = keras.layers.Flatten()(inner(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = flatten_nested(keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="dense")(hidden)))
+    assert {"body_dense", "dense"} <= {layer.name for layer in model.layers}  # the clash of names resolved
+    p = PruneParams(final_sparsity=0.5, epochs=1, end_epoch=1, frequency=1, batch_size=32, min_weights=100)
+    wrapped, stripped, _ = prune_model(model, data, p, seed=0)
+    names = set(pruned_layers(wrapped))
+    assert names == {"body_dense", "dense"}
+    pruned = [c for c in model_costs(stripped) if c.name in names]
+    assert sum(c.zeros for c in pruned) / sum(c.prunable for c in pruned) == pytest.approx(0.5, abs=0.02)

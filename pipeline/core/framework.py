@@ -58,4 +58,13 @@ if not tf.keras.__name__.startswith("tf_keras"):
         "set TF_USE_LEGACY_KERAS=1 or import `pipeline` before `tensorflow`"
     )
 
-__all__ = ["tf", "keras", "tfmot", "native_output_silenced"]
+
+
+def keras3():
+    """Keras 3 itself (not tf.keras), imported only to read a model file a user saved with it."""
+    with native_output_silenced():
+        import keras as keras_3
+    return keras_3
+
+
+__all__ = ["tf", "keras", "keras3", "tfmot", "native_output_silenced"]

@@ -21,7 +21,8 @@ TF_OP_FUNCTIONS = {"reshape", "concat", "stack", "squeeze", "expand_dims", "tran
 # class names of Keras 2 built-ins that are not attributes of the public layer/initializer modules
 KERAS_MODULES = ("keras", "tf_keras", "tensorflow_model_optimization")  # where built-in classes live
 KERAS_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda", "Policy",
-                 "PruneLowMagnitude"}
+                 "PruneLowMagnitude",
+                 "__keras_tensor__", "DTypePolicy", "FloatDTypePolicy"}  # Keras 3's names for tensors and dtypes
 
 
 def _model_config(path: Path) -> Any:
@@ -113,8 +114,11 @@ def load_model(path: Path):
     a Lambda layer's bytecode from running. Anything that is not a loadable Keras model becomes a
     PipelineError naming the file.
     """
-    if not path.is_file():
+    from .model_files import needs_tf_keras
+
+    if not path.exists():
         raise PipelineError(f"{path} not found")
+    needs_tf_keras(path)
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         raise PipelineError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
     if path.suffix not in (".keras", ".h5"):
@@ -128,10 +132,59 @@ def load_model(path: Path):
 
     try:
         with tfmot.sparsity.keras.prune_scope():
-            return keras.models.load_model(path, compile=False, safe_mode=True)
+            model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for bad files; all mean "cannot load"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise PipelineError(f"{path}: cannot load Keras model: {first[:300]}") from None
+    return flatten_nested(model)
+
+
+NESTED = ("Functional", "Sequential", "Model")
+
+
+def _replay(model, inputs: list, owners: dict[str, Any]) -> list:
+    """Call the layers of the graph ``model`` on ``inputs`` (tensors standing for ``model.inputs``), in
+    its own order, descending into every nested model, so that no model appears as a layer. ``owners``:
+    layer name -> the layer holding it; a nested layer whose name another layer holds is renamed
+    ``<nested model>_<name>``. Returns the outputs, flat."""
+    from .framework import tf
+
+    if not getattr(model, "_is_graph_network", False):
+        raise PipelineError(f"nested model {model.name!r} is a subclassed model; only functional and sequential "
+                            "models can be flattened (rebuild it with the functional API)")
+    usage = model._tensor_usage_count
+    tensors = {str(id(x)): [y] * usage[str(id(x))] for x, y in zip(model.inputs, inputs)}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or any(i not in tensors for i in node.flat_input_ids):
+                continue
+            args, kwargs = node.map_arguments(tensors)
+            layer = node.layer
+            if type(layer).__name__ in NESTED:
+                outputs = _replay(layer, tf.nest.flatten((args, kwargs)), owners)
+            else:
+                while owners.setdefault(layer.name, layer) is not layer:
+                    layer._name = f"{model.name}_{layer.name}"
+                outputs = layer(*args, **kwargs)
+            for output_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                tensors[output_id] = [y] * usage[output_id]
+    return [tensors[str(id(x))].pop() for x in model.outputs]
+
+
+def flatten_nested(model):
+    """``model`` with every nested model (a keras.applications backbone inside a functional model)
+    inlined into one graph of plain layers, sharing their weights: the same outputs, and summary,
+    pruning, shrinking and sensitivity all see every layer. ``model`` itself if it nests none."""
+    from .framework import keras, tf
+
+    if not any(type(layer).__name__ in NESTED for layer in model.layers):
+        return model
+    if len(model.inputs) != 1:
+        raise PipelineError(f"{model.name}: a model with {len(model.inputs)} inputs; an image classifier has one")
+    inputs = keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype, name=model.input_names[0])
+    owners = {layer.name: layer for layer in model.layers if type(layer).__name__ not in NESTED}
+    outputs = tf.nest.pack_sequence_as(model._nested_outputs, _replay(model, [inputs], owners))
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def save_model(model, path: Path, record: dict[str, Any]) -> None:
@@ -139,17 +192,19 @@ def save_model(model, path: Path, record: dict[str, Any]) -> None:
 
 
 def check_fits_data(model, data, path: Path) -> None:
-    """Refuse a model whose input shape, outputs (one per task) or number of classes do not match the dataset."""
-    expected = tuple(model.input_shape[1:])
+    """Refuse a model (a tf_keras model, or a :class:`~pipeline.core.model_files.LoadedModel`) whose input
+    shape, outputs (one per task) or number of classes do not match the dataset."""
+    expected = tuple(model.input_shape[1:] if not hasattr(model, "classes") else model.input_shape)
     if expected != data.input_shape:
         raise PipelineError(f"{path}: model input shape {expected} does not match the data's {data.input_shape}")
     names = list(model.output_names)
+    classes = getattr(model, "classes", None) or {n: o.shape[-1] for n, o in zip(names, model.outputs)}
     if data.tasks and sorted(names) != sorted(data.tasks):
         raise PipelineError(f"{path}: model outputs ({', '.join(names)}) are not the data's tasks "
                             f"({', '.join(data.tasks)})")
     if not data.tasks and len(names) != 1:
         raise PipelineError(f"{path}: model has {len(names)} outputs ({', '.join(names)}); the data has one task")
-    for name, output in zip(names, model.outputs):
-        if output.shape[-1] != data.num_classes:
-            raise PipelineError(f"{path}: output {name} predicts {output.shape[-1]} classes, the data has "
+    for name in names:
+        if classes[name] != data.num_classes:
+            raise PipelineError(f"{path}: output {name} predicts {classes[name]} classes, the data has "
                                 f"{data.num_classes}")

@@ -64,13 +64,15 @@ class KerasParents:
     def get(self, path: str, contract: InputContract) -> tuple[np.ndarray, dict] | None:
         key = (path, contract.scale, contract.offset)
         if key not in self._cache:
-            if not Path(path).is_file():
+            if not Path(path).exists():
                 return None
-            from ..core.keras_io import load_model
-            from ..training.fit import predict_labels
+            from ..core.model_files import load_any
 
-            model = load_model(Path(path))
-            self._cache[key] = (predict_labels(model, self.x_test, contract=contract), totals(model_costs(model)))
+            model = load_any(Path(path))
+            scores = model.predict(contract.apply(self.x_test))
+            labels = {name: np.argmax(s, axis=-1) for name, s in scores.items()}
+            self._cache[key] = (next(iter(labels.values())) if len(labels) == 1 else labels,
+                                totals(model_costs(model.keras)) if model.keras is not None else None)
         return self._cache[key]
 
 
@@ -149,7 +151,7 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
         entry["tasks"] = per_task
     else:
         entry.update(per_class=per_task["label"]["per_class"], confusion=per_task["label"]["confusion"])
-    if parent is not None:
+    if parent is not None and parent[1] is not None:  # costs are counted on tf_keras parents
         cost = parent[1]
         entry.update(params=cost["params"], macs=cost["macs"], sparsity=round(cost["sparsity"], 4))
     return entry

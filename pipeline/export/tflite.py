@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 
 from ..core.errors import PipelineError
@@ -63,8 +65,9 @@ CALIBRATED = ("int8",)
 
 
 def to_tflite(model, fmt: str, representative: np.ndarray | None = None) -> bytes:
-    """Convert one Keras model to one TFLite format (``representative``: calibration images, for the
-    formats in :data:`CALIBRATED`)."""
+    """Convert one model to one TFLite format (``representative``: calibration images, for the formats
+    in :data:`CALIBRATED`). ``model``: a tf_keras model, or a :class:`~pipeline.core.model_files.LoadedModel`
+    (a Keras 3 model goes through a SavedModel export, a SavedModel is converted from its folder)."""
     from ..core.framework import (  # TensorFlow only when converting
         native_output_silenced,
         tf,
@@ -72,11 +75,19 @@ def to_tflite(model, fmt: str, representative: np.ndarray | None = None) -> byte
 
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    CONVERTERS[fmt](converter, tf, representative)
-    try:
-        with native_output_silenced():
+    kind = getattr(model, "kind", "tf_keras")
+    name = getattr(model, "path", None) or model.name
+    with tempfile.TemporaryDirectory(prefix=".export-") as tmp, native_output_silenced():
+        try:
+            if kind == "saved_model":
+                converter = tf.lite.TFLiteConverter.from_saved_model(str(model.path))
+            elif kind == "keras3":
+                model.model.export(tmp, format="tf_saved_model", verbose=False)
+                converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            else:
+                converter = tf.lite.TFLiteConverter.from_keras_model(model.keras if hasattr(model, "kind") else model)
+            CONVERTERS[fmt](converter, tf, representative)
             return converter.convert()
-    except Exception as exc:  # the converter's errors are long MLIR dumps; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise PipelineError(f"TFLite conversion to {fmt} failed for {model.name}: {first[:300]}") from None
+        except Exception as exc:  # the converter's errors are long MLIR dumps; keep the first line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise PipelineError(f"TFLite conversion to {fmt} failed for {name}: {first[:300]}") from None

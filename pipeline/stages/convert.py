@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from ..core.artifacts import (
-    file_hash,
     make_record,
     model_stem,
     place,
@@ -17,12 +16,13 @@ from ..core.artifacts import (
     tflite_path,
     trained_path,
 )
-from ..core.keras_io import check_fits_data, load_model
+from ..core.contract import gives_probabilities
+from ..core.keras_io import check_fits_data
+from ..core.model_files import load_any, path_hash
 from ..core.params import Params
 from ..data import Dataset, load_dataset
 from ..export.sidecar import write_sidecar
 from ..export.tflite import CALIBRATED, representative_data, to_tflite
-from ..training.fit import output_logits
 from .base import fed, make, refuse_foreign
 
 
@@ -42,15 +42,16 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
     data = load_dataset(params.data, params.seed)
     models = []
     for path in paths:  # fail on a bad file, or one without an input contract, before any work
-        model = load_model(path)
+        model = load_any(path)
         check_fits_data(model, data, path)
-        models.append((path, model, fed(params, model, data, path)))
+        models.append((path, model, fed(params, model.model if model.kind != "saved_model" else None, data, path)))
     written = []
     for path, model, data in models:
         print(f"convert: {path}: input {data.contract.describe()}", flush=True)
         representative = (representative_data(data, params.convert, params.seed)
                           if any(fmt in CALIBRATED for fmt in params.convert.formats) else None)
-        logits = output_logits(model, data)
+        logits = {name: not gives_probabilities(scores)  # the output contract, for the sidecar
+                  for name, scores in model.predict(data.contract.apply(data.x_train[:32])).items()}
         pruned = (read_record(path) or {}).get("stage") == "prune"
         for fmt in params.convert.formats:
             out = place(tflite_path(model_stem(path), fmt), path, params.name)
@@ -62,10 +63,10 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
 
 def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: Dataset,
                  representative: np.ndarray | None, **extra) -> Path:
-    """Convert ``model`` (loaded from ``path``, fed by ``data.contract``) to ``out`` unless ``out`` is
-    current; ``extra`` goes into the record. ``representative`` is needed for full-integer int8 only."""
+    """Convert ``model`` (a Keras model, or a LoadedModel, from ``path``; fed by ``data.contract``) to ``out``
+    unless ``out`` is current; ``extra`` goes into the record. ``representative``: for full-integer int8."""
     used: dict = {"format": fmt, "input": params.section("input")}
-    inputs = {"model": file_hash(path)}
+    inputs = {"model": path_hash(path)}
     if fmt in CALIBRATED:  # only these read data (the calibration images)
         c = params.convert
         used.update(representative_samples=c.representative_samples, calibration_source=c.calibration_source,

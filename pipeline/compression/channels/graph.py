@@ -20,7 +20,8 @@ PRODUCERS = ("Conv2D", "Dense")
 
 
 PASS_THROUGH = ("BatchNormalization", "ReLU", "Activation", "MaxPooling2D", "AveragePooling2D", "Dropout",
-                "GlobalAveragePooling2D", "DepthwiseConv2D")
+                "GlobalAveragePooling2D", "DepthwiseConv2D", "ZeroPadding2D", "Cropping2D", "GlobalMaxPooling2D",
+                "Softmax")
 
 
 @dataclasses.dataclass
@@ -54,8 +55,8 @@ class ChannelGraph:
             inbound = [node[0] for nodes in entry["inbound_nodes"] for node in nodes]
             self.inputs_of[name] = inbound
             spaces = [self.find(self.space_of[i]) for i in inbound]
-            if kind in ("InputLayer", "Rescaling"):
-                self.space_of[name] = None
+            if kind in ("InputLayer", "Rescaling") or (kind == "Normalization" and spaces == [None]):
+                self.space_of[name] = None  # the input's channels (a Normalization there scales the pixels)
             elif kind in PRODUCERS:
                 if kind == "Conv2D" and self.layers[name].groups != 1:
                     raise PipelineError(f"structured pruning: grouped convolution {name} is not supported")
