@@ -4,11 +4,13 @@
 # redoes only what is stale.
 
 PARAMS ?= params.yaml
+# MODEL=path/to/model.keras: your own ready-made model (params key model.file) instead of training one
+MODEL ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CLI := $(PY) -m pipeline
-ARGS := --params $(PARAMS)
+ARGS := --params $(PARAMS) $(if $(MODEL),--set 'model.file=$(MODEL)')
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
@@ -38,7 +40,7 @@ lock:
 
 # Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TRAINED, PRUNED, TFLITE, REPORT, GATES), written
 # by the CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
-PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS)).mk
+PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS))$(if $(MODEL),.$(subst /,_,$(MODEL))).mk
 $(PATHS_MK): $(PARAMS) $(VENV_STAMP)
 	@mkdir -p $(BUILD)
 	@$(CLI) paths $(ARGS) > $@.tmp && { cat $@.tmp; echo '$$(PATHS_MK): $$(PARAM_FILES)'; } > $@ && rm $@.tmp
@@ -63,13 +65,22 @@ prune: $(PRUNED)
 convert: $(TFLITE)
 validate: $(REPORT)
 
+ifeq ($(TRAIN),yes)
 $(TRAINED): $(PARAM_FILES) | data
 	$(CLI) train $(ARGS)
+else
+# model.file: your own ready-made model, which no stage makes
+$(TRAINED):
+	@test -e '$@' || { echo "error: model.file $@ not found" >&2; exit 1; }
+endif
 
 # Every stage also depends on the params: Make then calls it after any params edit, and the stage
 # itself does nothing (and says so) if the params it uses and its inputs are unchanged.
-$(PRUNED): $(TRAINED) $(PARAM_FILES)
+# prune.enabled: false leaves magnitude pruning out
+ifneq ($(PRUNED),)
+$(PRUNED): $(TRAINED) $(PARAM_FILES) | data
 	$(CLI) prune $(ARGS)
+endif
 
 $(TFLITE) &: $(TRAINED) $(PRUNED) $(PARAM_FILES)
 	$(CLI) convert $(ARGS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_path
+from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_source
 from .core.errors import PipelineError, clip, short
 from .core.params import load_params, param_files, parse_override
 
@@ -277,7 +277,7 @@ def summary(params, model_path, untrained, **_):
         model = build(m.architecture, data.input_shape, data.num_classes, width=m.width, dropout=m.dropout,
                       options=m.options, tasks=data.tasks)
     else:
-        model = load_model(model_path or require(trained_path(params.name), "mobiledeploy train"))
+        model = load_model(model_path or require(trained_source(params), "mobiledeploy train"))
     click.echo(summary_table(model_costs(model)))
 
 
@@ -343,7 +343,7 @@ def pictures(params, model_path, index, **_):
     from .data import load_dataset
     from .studies.pictures import pictures as run
 
-    path = model_path or require(trained_path(params.name), "mobiledeploy train")
+    path = model_path or require(trained_source(params), "mobiledeploy train")
     data = load_dataset(params.data, params.seed)
     if not 0 <= index < len(data.x_test):
         raise PipelineError(f"--image {index}: the test set has images 0 to {len(data.x_test) - 1}")
@@ -373,12 +373,14 @@ def make_word(path: str | Path) -> str:
 def paths(params, params_file, **_):
     """Print the artefact paths for these params as Make variables (used by the Makefile)."""
     name = params.name
-    tflite = [tflite_path(stem, fmt) for stem in (name, f"{name}.pruned") for fmt in params.convert.formats]
+    stems = (name, f"{name}.pruned") if params.prune.enabled else (name,)
+    tflite = [tflite_path(stem, fmt) for stem in stems for fmt in params.convert.formats]
     words = lambda paths: " ".join(make_word(p) for p in paths)  # noqa: E731
     click.echo(f"NAME := {name}\n"
                f"PARAM_FILES := {words(param_files(params_file))}\n"
-               f"TRAINED := {make_word(trained_path(name))}\n"
-               f"PRUNED := {make_word(pruned_path(name))}\n"
+               f"TRAIN := {'no' if params.model.file else 'yes'}\n"
+               f"TRAINED := {make_word(trained_source(params))}\n"
+               f"PRUNED := {make_word(pruned_path(name)) if params.prune.enabled else ''}\n"
                f"TFLITE := {words(tflite)}\n"
                f"REPORT := {make_word(report_path(name))}\n"
                f"GATES := {make_word(params.gates_path)}")

@@ -45,6 +45,19 @@ def record_path(artefact: Path) -> Path:
     return artefact.with_name(artefact.name + ".json")
 
 
+def trained_source(params) -> Path:
+    """The config's trained model: ``model.file`` (a ready-made model: no train stage) or ``models/<name>.keras``."""
+    return Path(params.model.file) if params.model.file else trained_path(params.name)
+
+
+def derived(path_of, source: Path, params) -> Path:
+    """Where the artefact ``path_of(stem)`` made from ``source`` goes: named after the config for its own
+    models (``model.file`` included), under ``user/`` for a model given with --model (see :func:`place`)."""
+    if params.model.file and os.path.realpath(source) == os.path.realpath(params.model.file):
+        return path_of(params.name)
+    return place(path_of(model_stem(source)), source, params.name)
+
+
 def model_stem(path: Path) -> str:
     """``models/x.pruned.keras`` -> ``x.pruned``: the model name used in .tflite file names."""
     return path.name.removesuffix(path.suffix)

@@ -10,6 +10,7 @@ report's params with the records instead of believing the report.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,19 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def chain(path: Path) -> tuple[dict[str, tuple[Any, str]], bool]:
+def chain(path: Path, root: str | None = None) -> tuple[dict[str, tuple[Any, str]], bool]:
     """(claims, complete): flattened params key -> (value, the record that says so), for the bound
     params (see :data:`pipeline.export.report.BOUND`; ``data.dir`` left out) that the records behind ``path``
     commit to, the record nearest to ``path`` winning where two say the same key; and whether the
-    chain of records reaches a trained model's record (within MAX_CHAIN links)."""
+    chain of records reaches a trained model's record, or the ready-made model ``root`` (``model.file``,
+    which has none), within MAX_CHAIN links."""
     claims: dict[str, tuple[Any, str]] = {}
     current: Path | None = path
     for _ in range(MAX_CHAIN):
         if current is None:
             break
+        if root is not None and os.path.realpath(current) == os.path.realpath(root):
+            return claims, True
         record = read_record(current) if _is_file(current) else None
         if not record:
             break

@@ -14,6 +14,7 @@ from ..core.artifacts import (
     reuse_if_current,
     save_with_record,
     trained_path,
+    trained_source,
 )
 from ..core.contract import resolve
 from ..core.errors import PipelineError
@@ -73,7 +74,8 @@ def refuse_foreign(path: Path, params: Params) -> None:
 def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]):
     """(path, model, data) for a stage that starts from the trained model (or a user's ``model_path``),
     refusing a model made by one of the stages in ``refuse`` and one that does not fit the data."""
-    source = model_path or require(trained_path(params.name), "mobiledeploy train")
+    source = model_path or (require_model_file(trained_source(params)) if params.model.file else
+                            require(trained_path(params.name), "mobiledeploy train"))
     if is_config_model(source, params.name):
         refuse_foreign(source, params)
     stage = (read_record(source) or {}).get("stage")
@@ -86,6 +88,14 @@ def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]
     data = load_dataset(params.data, params.seed)
     check_fits_data(model, data, source)
     return source, model, fed(params, model, data, source)
+
+
+def require_model_file(path: Path) -> Path:
+    """``model.file``, which no stage makes: one line if it is not there."""
+    if not path.exists():
+        raise PipelineError(f"model.file {path} not found (it names your own ready-made model; the path is relative "
+                            "to the folder you run in)")
+    return path
 
 
 def fed(params: Params, model, data: Dataset, source: Path) -> Dataset:

@@ -157,13 +157,15 @@ def record_claims(report: dict) -> list[Violation]:
     after ``params.name``) must have records all the way down to their trained model."""
 
     flat, name = flatten(report["params"]), report["params"].get("name")
+    model = report["params"].get("model")
+    root = model.get("file") if isinstance(model, dict) and isinstance(model.get("file"), str) else None
     found = []
     for e in report["artefacts"]:
         path = Path(e["file"])
         found += [Violation(e["file"], f"params {key}", f"{made!r} in {record}", f"{now!r} in the report",
                             kind="records") for key, made, now, record in disagreements(path, flat)]
         own = path.parent == OUT_DIR and (path.name.startswith(f"{name}.") if isinstance(name, str) else False)
-        if own and not chain(path)[1]:
+        if own and not chain(path, root)[1]:
             found.append(Violation(e["file"], "records", "down to a trained model", "incomplete or missing",
                                    kind="records"))
     return found

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.artifacts import (
+    derived,
     make_record,
     model_stem,
-    place,
     pruned_path,
     read_record,
     require,
     tflite_path,
-    trained_path,
+    trained_source,
 )
 from ..core.contract import gives_probabilities
 from ..core.keras_io import check_fits_data
@@ -23,14 +23,17 @@ from ..core.params import Params
 from ..data import Dataset, load_dataset
 from ..export.sidecar import write_sidecar
 from ..export.tflite import CALIBRATED, representative_data, to_tflite
-from .base import fed, make, refuse_foreign
+from .base import fed, make, refuse_foreign, require_model_file
 
 
 def sources(params: Params, model_path: Path | None) -> list[Path]:
     if model_path is not None:
         return [model_path]
-    own = [require(trained_path(params.name), "mobiledeploy train"),
-           require(pruned_path(params.name), "mobiledeploy prune")]
+    trained = trained_source(params)
+    own = [require(trained, "mobiledeploy train") if not params.model.file else
+           require_model_file(trained)]
+    if params.prune.enabled:
+        own.append(require(pruned_path(params.name), "mobiledeploy prune"))
     for path in own:  # what the config ships must be what these params make
         refuse_foreign(path, params)
     return own
@@ -54,7 +57,7 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
                   for name, scores in model.predict(data.contract.apply(data.x_train[:32])).items()}
         pruned = (read_record(path) or {}).get("stage") == "prune"
         for fmt in params.convert.formats:
-            out = place(tflite_path(model_stem(path), fmt), path, params.name)
+            out = derived(lambda stem: tflite_path(stem, fmt), path, params)  # noqa: B023 (called at once)
             convert_file(model, path, fmt, out, params, data, representative, pruned=pruned)
             write_sidecar(out, data.contract, data.input_shape, data.class_names, data.tasks, logits)
             written.append(out)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..compression.magnitude import pruned_layers, prune_model, target_sparsity
-from ..core.artifacts import file_hash, make_record, model_stem, place, pruned_path
+from ..core.artifacts import derived, file_hash, make_record, pruned_path
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..export.costs import model_costs, totals
@@ -23,7 +23,10 @@ TOLERANCE = 0.02  # how far the pruned layers' sparsity may end from the one ask
 def prune(params: Params, model_path: Path | None = None) -> Path:
     """Prune the trained model (or a user's ``model_path``); write ``models/<stem>.pruned.keras``."""
     source, model, data = load_parent(params, model_path, refuse=("prune",))
-    out = place(pruned_path(model_stem(source)), source, params.name)
+    if not params.prune.enabled:
+        raise PipelineError("prune.enabled is false in these params: there is nothing to prune (set it to true, or "
+                            "leave this stage out)")
+    out = derived(pruned_path, source, params)
     used = {**params.subset("data", "input", "prune"), **multitask_settings(params, data)}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
                                                        "revision": REVISION}, parent=str(source), dataset=data.source)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from ..compression.channels.search import iterate
 from ..core.artifacts import (
+    MODELS_DIR,
     OUT_DIR,
     check_writable,
+    derived,
     file_hash,
     make_record,
-    model_stem,
-    place,
     shrunk_path,
     write_bytes,
     write_text,
@@ -53,14 +53,14 @@ def int8_latency(params: Params, data: Dataset):
 def shrink(params: Params, model_path: Path | None = None) -> Path:
     """Structured pruning of the trained model (or ``model_path``); writes ``models/<stem>.shrunk.keras``."""
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
-    stem = model_stem(source)
-    out = place(shrunk_path(stem), source, params.name)
+    out = derived(shrunk_path, source, params)
+    stem = out.name.removesuffix(".shrunk.keras")
     used = {**params.subset("data", "input", "structured"), "validate": params.section("validate"),
             **multitask_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     s = params.structured
-    pages = [place(OUT_DIR / f"{stem}.shrunk.{kind}", source, params.name) for kind in ("md", "png")]
+    pages = [OUT_DIR / out.parent.relative_to(MODELS_DIR) / f"{stem}.shrunk.{kind}" for kind in ("md", "png")]
     check_writable(pages[0])
 
     def work(_state: Path):
