@@ -216,6 +216,11 @@ def validate(params, model_path, tflite, report_to, **_):
 @stage_options
 def check(params, report, gates_path, update, recompute, params_file, overrides, **_):
     """Fail (exit 1, with a table) if the report breaks any gate, or no longer describes the files."""
+    run_check(params, report, gates_path, update, recompute, params_file, overrides)
+
+
+def run_check(params, report, gates_path, update, recompute, params_file, overrides) -> None:
+    """The check command's work; exits 1 with a table if a gate is broken."""
     from .stages.check import check as run
     from .stages.check import recomputer, table, update_gates
 
@@ -242,6 +247,44 @@ def check(params, report, gates_path, update, recompute, params_file, overrides,
         sys.exit(1)
     how = ", every accuracy measured again from the files" if recompute else ""
     click.echo(f"check: all {count} gates in {gates_path} pass ({report}: every file on disk as validated{how})")
+
+
+@cli.command("run")
+@stage_options
+def run_all(params, params_file, overrides, **_):
+    """The whole job, as `make all` does it: train (unless model.file), prune (unless prune.enabled is
+    false), convert, validate and check; each stage does nothing if its output is current."""
+    from .stages.convert import convert
+    from .stages.prune import prune
+    from .stages.train import train
+    from .stages.validate import validate
+
+    if not params.model.file:
+        train(params)
+    if params.prune.enabled:
+        prune(params)
+    convert(params)
+    validate(params)
+    run_check(params, None, None, False, False, params_file, overrides)
+
+
+@cli.command()
+@click.option("--model", "model_file", help="Your ready-made model (model.file), relative to the repository.")
+@click.option("--name", help="The name of your artefacts (default: the folder's name).")
+@click.option("--pixels", type=click.Choice(["auto", "raw", "unit", "symmetric"]), default="auto", show_default=True,
+              help="How your model expects its pixels (input.pixels).")
+@click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True,
+              help="The repository to write into.")
+def init(model_file, name, pixels, folder):
+    """Write a starting params file, a gates folder, a Makefile fragment and a CI workflow into your repository."""
+    from .core.project import init_project
+
+    try:
+        for path in init_project(folder, model_file, name, pixels):
+            click.echo(f"init: wrote {path}")
+    except PipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 @cli.command()

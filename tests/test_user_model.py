@@ -232,3 +232,21 @@ def test_a_nested_model_is_pruned_to_its_target_once_flattened():
     assert names == {"body_dense", "dense"}
     pruned = [c for c in model_costs(stripped) if c.name in names]
     assert sum(c.zeros for c in pruned) / sum(c.prunable for c in pruned) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.e2e
+def test_init_then_run_gates_a_ready_made_model_in_its_own_repository(user_project, tmp_path):
+    project, _ = user_project
+    repo = tmp_path / "app"
+    repo.mkdir()
+    shutil.copy(project / "mine.keras", repo / "mine.keras")
+    run_cli("init", "--model", "mine.keras", "--pixels", "unit", "--name", "app", cwd=repo)
+    assert (repo / ".github/workflows/mobiledeploy.yml").is_file() and (repo / "mobiledeploy.mk").is_file()
+    fails_cleanly(run_cli("init", cwd=repo, check=False), "mobiledeploy.yaml exists")
+    job = ("--params", "mobiledeploy.yaml", *QUICK, "--set", "prune.enabled=false")
+    fails_cleanly(run_cli("run", *job, cwd=repo, check=False), "gates file gates/app.yaml not found")
+    assert sorted(p.name for p in (repo / "tflite_out").glob("*.tflite")) == ["app.float32.tflite", "app.int8.tflite"]
+    run_cli("check", "--update", *job, cwd=repo)
+    assert "gates in gates/app.yaml pass" in run_cli("run", *job, cwd=repo).stdout
+    fails_cleanly(run_cli("train", *job, cwd=repo, check=False), "model.file names a ready-made model")
+    fails_cleanly(run_cli("prune", *job, cwd=repo, check=False), "prune.enabled is false")
