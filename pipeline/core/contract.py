@@ -53,7 +53,9 @@ class InputContract:
     def describe(self) -> str:
         if self.is_identity:
             return f"raw pixels 0-255 ({self.origin})"
-        one = lambda values: f"{values[0]:.6g}" if len(values) == 1 else "[" + ", ".join(f"{v:.6g}" for v in values) + "]"  # noqa: E731
+        def one(values: tuple[float, ...]) -> str:
+            return f"{values[0]:.6g}" if len(values) == 1 else "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
         return f"pixel * {one(self.scale)} + {one(self.offset)} ({self.origin})"
 
     @classmethod
@@ -63,7 +65,7 @@ class InputContract:
             scale = tuple(float(v) for v in raw["scale"])
             offset = tuple(float(v) for v in raw["offset"])
             origin = str(raw.get("origin", "recorded"))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise PipelineError(f"{where}: its input contract is not a {{scale, offset}} mapping of numbers") from None
         if not (1 <= len(scale) <= 4 and 1 <= len(offset) <= 4) or not np.all(np.isfinite(scale + offset)):
             raise PipelineError(f"{where}: its input contract holds impossible numbers")
@@ -87,7 +89,8 @@ def declared(p, channels: int) -> InputContract | None:
             raise PipelineError(f"params: input: mean_std gives {len(p.mean)} mean and {len(p.std)} std values; "
                                 f"the images have {channels} channel(s): give one value, or one per channel")
         std, mean = np.asarray(p.std, np.float64), np.asarray(p.mean, np.float64)
-        scale, offset = tuple(map(float, 1 / std)), tuple(map(float, np.broadcast_to(-mean / std, np.broadcast(mean, std).shape)))
+        shape = np.broadcast(mean, std).shape
+        scale, offset = tuple(map(float, 1 / std)), tuple(map(float, np.broadcast_to(-mean / std, shape)))
     for key, values in (("scale", scale), ("offset", offset)):
         if len(values) not in (1, channels):
             raise PipelineError(f"params: input: {p.pixels} gives {len(values)} {key} values; the images have "

@@ -160,7 +160,7 @@ class LoadedModel:
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size].astype(np.float32)
             if self.kind == "saved_model":
-                (name, spec), = self.model.structured_input_signature[1].items()
+                (name,) = self.model.structured_input_signature[1]
                 out = {k: v.numpy() for k, v in self.model(**{name: batch}).items()}
             else:
                 result = self.model(batch, training=False)

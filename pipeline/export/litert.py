@@ -130,7 +130,8 @@ def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], war
         np.save(Path(tmp) / "x.npy", x)
         job = {"model": str(path), "x": str(Path(tmp) / "x.npy"), "out": str(Path(tmp) / "labels.npz"),
                "batch_size": batch_size, "threads": threads, "warmup": warmup, "runs": runs,
-               "scale": list(contract.scale) if contract else [1.0], "offset": list(contract.offset) if contract else [0.0]}
+               "scale": list(contract.scale) if contract else [1.0],
+               "offset": list(contract.offset) if contract else [0.0]}
         try:
             proc = subprocess.run([sys.executable, "-m", "pipeline.export.litert", json.dumps(job)],
                                   capture_output=True, text=True, timeout=timeout, preexec_fn=dies_with_parent())

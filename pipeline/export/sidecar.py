@@ -48,7 +48,7 @@ def sidecar(tflite: Path, contract: InputContract, image: tuple[int, int, int], 
     steps = [f"decode the image as 8-bit {'grey' if channels == 1 else 'RGB'} (0-255), {channels} channel(s)",
              f"resize to {height}x{width} (the pipeline resizes with bilinear filtering)",
              f"input = pixel * scale + offset, per channel, with scale {list(contract.scale)} and offset "
-             f"{list(contract.offset)}" + (" (that is, the raw pixel values as float)" if contract.is_identity else ""),
+             f"{list(contract.offset)}" + (" (the raw pixel values, as float)" if contract.is_identity else ""),
              f"lay out as {inp['shape']} ({'batch, height, width, channels' if len(inp['shape']) == 4 else 'as given'})"]
     if quantized := _quantization_steps(inp, "input"):
         steps.append(quantized)

@@ -42,8 +42,8 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
         pruned = [c for c in costs if c.name in names]
         reached = sum(c.zeros for c in pruned) / max(sum(c.prunable for c in pruned), 1)
         if abs(reached - target_sparsity(p)) > TOLERANCE:
-            raise PipelineError(f"prune: the pruned layers ended at {reached:.1%} sparsity, {target_sparsity(p):.1%} was "
-                                f"asked for; nothing written. Give the fine-tuning more steps (prune.epochs, "
+            raise PipelineError(f"prune: the pruned layers ended at {reached:.1%} sparsity, {target_sparsity(p):.1%} "
+                                f"was asked for; nothing written. Give the fine-tuning more steps (prune.epochs, "
                                 f"prune.end_epoch) or a lower prune.frequency")
         metrics = {**split_accuracies(stripped, data), "finetune_seconds": round(time.perf_counter() - start, 1),
                    "sparsity": totals(costs)["sparsity"], "pruned_layers_sparsity": round(reached, 4),
