@@ -131,3 +131,8 @@ def gives_probabilities(scores: Any) -> bool:
     non-negative and sum to 1 for every image (a softmax); logits practically never do."""
     scores = np.asarray(scores, np.float64)
     return bool(scores.min() >= -1e-6 and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def logits_by_output(outputs: dict[str, Any]) -> dict[str, bool]:
+    """Output name -> True if that output gives logits (see :func:`gives_probabilities`)."""
+    return {name: not gives_probabilities(scores) for name, scores in outputs.items()}

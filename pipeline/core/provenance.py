@@ -45,11 +45,11 @@ def chain(path: Path, root: str | None = None) -> tuple[dict[str, tuple[Any, str
             break
         used = record.get("params") if isinstance(record.get("params"), dict) else {}
         found: dict[str, Any] = {}
-        if record.get("stage") == "convert":
-            if "representative_samples" in used:
-                found["convert.representative_samples"] = used["representative_samples"]
-            if isinstance(used.get("data"), dict):
-                found.update(flatten({"data": used["data"]}))
+        if record.get("stage") == "convert":  # its keys are flat; those of convert params go under convert.
+            for key in ("representative_samples", "calibration_source", "calibration_stratified"):
+                if key in used:
+                    found[f"convert.{key}"] = used[key]
+            found.update(flatten({k: used[k] for k in ("data", "input") if isinstance(used.get(k), dict)}))
             parent = record.get("keras_model")
         else:  # train, prune, shrink: their params are sections of the params file
             found.update(flatten({k: v for k, v in used.items() if k in BOUND}))

@@ -81,6 +81,6 @@ def read_contract(tflite: Path) -> InputContract | None:
         return None
     found = read_json(path)
     if not isinstance(found, dict) or found.get("sha256") != file_hash(tflite):
-        raise PipelineError(f"{path}: not the sidecar of {tflite.name} (its sha256 differs); remove it or "
-                            "declare input.pixels")
+        raise PipelineError(f"{path}: not the sidecar of {tflite.name} (its sha256 differs); remove it, or put back "
+                            "the file it describes")
     return InputContract.from_dict(found.get("preprocessing"), str(path))

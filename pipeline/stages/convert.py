@@ -16,7 +16,7 @@ from ..core.artifacts import (
     tflite_path,
     trained_source,
 )
-from ..core.contract import gives_probabilities
+from ..core.contract import logits_by_output
 from ..core.keras_io import check_fits_data
 from ..core.model_files import load_any, path_hash
 from ..core.params import Params
@@ -53,8 +53,7 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
         print(f"convert: {path}: input {data.contract.describe()}", flush=True)
         representative = (representative_data(data, params.convert, params.seed)
                           if any(fmt in CALIBRATED for fmt in params.convert.formats) else None)
-        logits = {name: not gives_probabilities(scores)  # the output contract, for the sidecar
-                  for name, scores in model.predict(data.contract.apply(data.x_train[:32])).items()}
+        logits = logits_by_output(model.predict(data.contract.apply(data.x_train[:32])))  # for the sidecar
         pruned = (read_record(path) or {}).get("stage") == "prune"
         for fmt in params.convert.formats:
             out = derived(lambda stem: tflite_path(stem, fmt), path, params)  # noqa: B023 (called at once)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.contract import RAW, InputContract, gives_probabilities
+from ..core.contract import RAW, InputContract, logits_by_output
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 from ..data import Dataset
@@ -42,8 +42,7 @@ def by_output(model, scores) -> dict[str, np.ndarray]:
 def output_logits(model, data: Dataset) -> dict[str, bool]:
     """The output contract, per output name: True if the output gives logits, False if probabilities.
     Read from what the model returns for a few training images (:func:`gives_probabilities`)."""
-    outputs = by_output(model, model(data.contract.apply(data.x_train[:32]), training=False))
-    return {name: not gives_probabilities(scores) for name, scores in outputs.items()}
+    return logits_by_output(by_output(model, model(data.contract.apply(data.x_train[:32]), training=False)))
 
 
 def compile_for_training(model, rate, from_logits: bool = False) -> None:
