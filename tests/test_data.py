@@ -1,4 +1,6 @@
+import dataclasses
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -194,3 +196,76 @@ def test_images_too_small_to_set_the_input_size_are_refused(tmp_path):
     root = write_folder(tmp_path / "imgs", size=(4, 4))
     with pytest.raises(PipelineError, match="4x4 pixels; without data.image_size"):
         load_dataset(folder_params(root), seed=0)
+
+
+def test_adding_images_to_a_folder_moves_none_of_the_others_between_splits(tmp_path):
+    def splits(data, root):
+        found = {}
+        for name, x in (("train", data.x_train), ("val", data.x_val), ("test", data.x_test)):
+            for image in x:
+                found[image.tobytes()] = name
+        return found
+
+    root = write_folder(tmp_path / "imgs", per_class=40)
+    before = splits(load_dataset(folder_params(root, channels=3), seed=0), root)
+    rng = np.random.default_rng(1)
+    for i in range(40, 80):
+        Image.fromarray(rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)).save(root / "cat" / f"{i}.png")
+    after = splits(load_dataset(folder_params(root, channels=3), seed=0), root)
+    assert all(after[image] == split for image, split in before.items())
+    assert {"train", "val", "test"} == set(after.values())
+
+
+def write_manifest(tmp_path, header, rows):
+    root = write_folder(tmp_path / "imgs", per_class=15)
+    lines = [header] + [",".join(r) for r in rows]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return DataParams(source="manifest", manifest=str(tmp_path / "labels.csv"), dir=str(root), channels=3)
+
+
+def manifest_rows(columns=1):
+    colours = ["red", "blue", "green"]
+    return [[f"{kind}/{i}.{'png' if i % 2 else 'jpg'}", *[colours[(i + k) % 3] for k in range(columns)]]
+            for kind in ("cat", "dog") for i in range(15)]
+
+
+def test_a_manifest_with_one_label_column_or_a_column_per_task(tmp_path):
+    single = load_dataset(write_manifest(tmp_path / "a", "path,colour", manifest_rows()), seed=0)
+    assert single.class_names == ["blue", "green", "red"] and single.tasks == () and single.y_train.ndim == 1
+    assert len(single.y_train) + len(single.y_val) + len(single.y_test) == 30
+    multi = load_dataset(write_manifest(tmp_path / "b", "path,front,back", manifest_rows(2)), seed=0)
+    assert multi.tasks == ("front", "back") and multi.y_train.shape[1] == 2
+    one = load_dataset(dataclasses.replace(write_manifest(tmp_path / "c", "path,front,back", manifest_rows(2)),
+                                           tasks=["back"]), seed=0)
+    assert one.tasks == ("back",) and one.y_train.shape[1] == 1
+
+
+@pytest.mark.bad_input("manifests")
+@pytest.mark.parametrize("header, edit, message", [
+    ("file,label", None, "the first line must be a header 'path,<label column>"),
+    ("path", None, "the first line must be a header"),
+    ("path,a b,c", None, "cannot name a task"),
+    ("path,label", lambda rows: rows.append(["cat/0.jpg", "red"]), "is listed twice"),
+    ("path,label", lambda rows: rows.append(["cat/nope.png", "red"]), "not found"),
+    ("path,label", lambda rows: rows.append(["cat/0.jpg"]), "line 32: expected 2 non-empty cells"),
+    ("path,label", lambda rows: rows.append(["../labels.csv", "red"]), "is not an image"),
+    ("path,label", lambda rows: rows.__setitem__(slice(None), [[r[0], "one"] for r in rows]), "1 class(es)"),
+    ("path,front,back", lambda rows: rows[0].__setitem__(2, "purple"), "task back's classes"),
+])
+def test_bad_manifests_are_refused_naming_the_line(tmp_path, header, edit, message):
+    rows = manifest_rows(header.count(",") if header.startswith("path,") else 1)
+    if edit:
+        edit(rows)
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        load_dataset(write_manifest(tmp_path, header, rows), seed=0)
+
+
+def test_task_weights_for_a_column_the_manifest_does_not_have_are_refused(tmp_path):
+    from pipeline.core.params import TrainParams
+    from pipeline.training.fit import fit_target
+    from pipeline import architectures
+
+    data = load_dataset(write_manifest(tmp_path, "path,front,back", manifest_rows(2)), seed=0)
+    model = architectures.build("tiny", data.input_shape, data.num_classes, tasks=data.tasks)
+    with pytest.raises(PipelineError, match="train.task_weights.middle: not a task of the data; its tasks: front, back"):
+        fit_target(model, data, TrainParams(task_weights={"middle": 1.0}), 1e-3)

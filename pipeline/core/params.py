@@ -77,8 +77,9 @@ def _numbers(key: str, value: Any) -> list[tuple[str, Any]]:
 
 @dataclasses.dataclass(frozen=True)
 class DataParams:
-    source: Literal["fashion_mnist", "multifashion", "folder"] = "fashion_mnist"
+    source: Literal["fashion_mnist", "multifashion", "folder", "manifest"] = "fashion_mnist"
     dir: Optional[str] = None
+    manifest: Optional[str] = None
     val_fraction: float = bounded(0.1, 0, 1, open_low=True, open_high=True)
     test_fraction: float = bounded(0.2, 0, 1, open_low=True, open_high=True)
     image_size: Optional[list[int]] = bounded(None, 8, 4096)
@@ -93,11 +94,15 @@ class DataParams:
         if self.image_size is not None:
             _check(len(self.image_size) == 2, "data.image_size",
                    f"must be [height, width], got {short(self.image_size)}")
+        _check(self.manifest is None or self.source == "manifest", "data.manifest",
+               f"is read only with data.source manifest (source is {self.source})")
         if self.tasks is not None:
-            _check(self.source == "multifashion", "data.tasks", "only a multi-task source (multifashion) has tasks")
-            _check(len(self.tasks) > 0 and set(self.tasks) <= set(MULTIFASHION_TASKS)
-                   and len(set(self.tasks)) == len(self.tasks), "data.tasks",
-                   f"must be null or a list of distinct tasks among {', '.join(MULTIFASHION_TASKS)}; "
+            _check(self.source in ("multifashion", "manifest"), "data.tasks",
+                   "only a multi-task source (multifashion, or a manifest with a column per task) has tasks")
+            known = set(MULTIFASHION_TASKS) if self.source == "multifashion" else set(self.tasks)
+            _check(len(self.tasks) > 0 and set(self.tasks) <= known and len(set(self.tasks)) == len(self.tasks),
+                   "data.tasks", f"must be null or a list of distinct tasks among "
+                   f"{', '.join(MULTIFASHION_TASKS) if self.source == 'multifashion' else 'the manifest columns'}; "
                    f"got {short(self.tasks)}")
 
 
@@ -290,6 +295,8 @@ class Params:
             if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
                 value.validate()
         tasks = self.data.tasks or (MULTIFASHION_TASKS if self.data.source == "multifashion" else [])
+        if self.data.source == "manifest" and not self.data.tasks:
+            tasks = list(self.train.task_weights)  # a manifest's columns are known once it is read
         for task in self.train.task_weights:
             _check(task in tasks, f"train.task_weights.{task}",
                    f"not a task of the data; its tasks: {', '.join(tasks)}" if tasks else

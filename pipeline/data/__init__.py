@@ -91,7 +91,7 @@ def check_class_counts(split: str, y: np.ndarray, names: list[str], tasks: tuple
         worst = int(np.argmin(counts))
         if counts[worst] < need:
             fix = {"training": "data.limit_train", "validation": "data.limit_train or data.val_fraction",
-                   "test": "data.limit_test (or, for an image folder, data.test_fraction)"}[split]
+                   "test": "data.limit_test (or, for an image folder or manifest, data.test_fraction)"}[split]
             raise PipelineError(f"data: class {names[worst]!r} has {counts[worst]} {split} example(s){task}; "
                                 f"each class needs at least {need} (add images, or raise {fix})")
 
@@ -106,26 +106,30 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 def load_dataset(params: DataParams, seed: int) -> Dataset:
     """Load the dataset ``params`` names and split it. Raises PipelineError with the fix on failure."""
-    if params.source == "folder":
+    if params.source in ("folder", "manifest"):  # split by a hash of each image's path (folder.hashed_splits)
         from .folder import load_folder
+        from .manifest import load_manifest
 
-        x, y, x_test, y_test, names, source = load_folder(params, seed)
+        load = load_folder if params.source == "folder" else load_manifest
+        x_train, y_train, x_val, y_val, x_test, y_test, names, tasks, source = load(params, seed)
+        x_train, y_train = subset(x_train, y_train, params.limit_train, seed)
+        x_test, y_test = subset(x_test, y_test, params.limit_test, seed + 1)
     else:
         from .fashion_mnist import load_fashion_mnist
 
         x, y, x_test, y_test, names, source = load_fashion_mnist(params.dir)
-    tasks: tuple[str, ...] = ()
-    if params.source == "multifashion":
-        from .multifashion import TASKS, load_multifashion
+        tasks: tuple[str, ...] = ()
+        if params.source == "multifashion":
+            from .multifashion import TASKS, load_multifashion
 
-        x, y, x_test, y_test = load_multifashion(x, y, x_test, y_test, seed)
-        tasks, source = TASKS, f"multifashion from {source}"
-        if params.tasks:  # a subset of the tasks, e.g. one, for a single-task baseline
-            columns = [TASKS.index(t) for t in params.tasks]
-            y, y_test, tasks = y[:, columns], y_test[:, columns], tuple(params.tasks)
-    x, y = subset(x, y, params.limit_train, seed)
-    x_test, y_test = subset(x_test, y_test, params.limit_test, seed + 1)
-    x_train, y_train, x_val, y_val = split_train_val(x, y, params.val_fraction, seed)
+            x, y, x_test, y_test = load_multifashion(x, y, x_test, y_test, seed)
+            tasks, source = TASKS, f"multifashion from {source}"
+            if params.tasks:  # a subset of the tasks, e.g. one, for a single-task baseline
+                columns = [TASKS.index(t) for t in params.tasks]
+                y, y_test, tasks = y[:, columns], y_test[:, columns], tuple(params.tasks)
+        x, y = subset(x, y, params.limit_train, seed)
+        x_test, y_test = subset(x_test, y_test, params.limit_test, seed + 1)
+        x_train, y_train, x_val, y_val = split_train_val(x, y, params.val_fraction, seed)
     for split, labels in (("training", y_train), ("validation", y_val), ("test", y_test)):
         check_class_counts(split, labels, names, tasks)
     return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, source,

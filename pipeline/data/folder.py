@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -82,25 +83,40 @@ def scan(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def load_folder(params: DataParams, seed: int):
-    """All images, then a seeded stratified test split; the caller carves validation from the rest."""
-    from . import check_class_counts, split_train_val
+def hashed_splits(keys: list[str], strata: np.ndarray, seed: int, val_fraction: float, test_fraction: float
+                  ) -> np.ndarray:
+    """0 (train), 1 (validation) or 2 (test) per key, from a hash of the key and the seed: adding images
+    never moves the ones already there between splits, so gates keep judging the same test images. Of
+    the images not in test, ``val_fraction`` go to validation. A class (``strata``) that the hash leaves
+    without a test or a validation image gets its training image of lowest hash moved there: only such
+    a small class can see an image change split when images are added."""
+    draws = np.empty((len(keys), 2))
+    for i, key in enumerate(keys):
+        digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+        draws[i] = [int.from_bytes(digest[k:k + 8], "big") / 2**64 for k in (0, 8)]
+    found = np.where(draws[:, 0] < test_fraction, 2, np.where(draws[:, 1] < val_fraction, 1, 0)).astype(np.uint8)
+    for label in np.unique(strata):
+        for code, draw in ((2, 0), (1, 1)):
+            members = np.flatnonzero(strata == label)
+            training = members[found[members] == 0]
+            if not (found[members] == code).any() and len(training):
+                found[training[np.argmin(draws[training, draw])]] = code
+    return found
 
-    if not params.dir:
-        raise PipelineError("data.source is 'folder' but data.dir is not set; --set data.dir=PATH")
-    root = Path(params.dir)
-    classes = scan(root)
-    files = [path for paths in classes.values() for path in paths]
-    y = np.asarray([label for label, paths in enumerate(classes.values()) for _ in paths], np.uint8)
-    # split the file list before decoding anything, so that too few images of a class fail at once
-    train_idx, y_train, test_idx, y_test = split_train_val(np.arange(len(y)), y, params.test_fraction, seed + 7)
-    check_class_counts("test", y_test, list(classes), ())
-    _, y_fit, _, y_val = split_train_val(y_train, y_train, params.val_fraction, seed)
-    for split, labels in (("training", y_fit), ("validation", y_val)):
-        check_class_counts(split, labels, list(classes), ())
+
+def decode_split(paths: list[Path], keys: list[str], y: np.ndarray, names: list[str], tasks: tuple[str, ...],
+                 params: DataParams, seed: int):
+    """(x_train, y_train, x_val, y_val, x_test, y_test) of the images at ``paths`` (``keys``: what their
+    split is hashed on), decoded and resized to one size. The class counts of every split are checked
+    before anything is decoded."""
+    from . import check_class_counts
+
+    split = hashed_splits(keys, y if y.ndim == 1 else y[:, 0], seed, params.val_fraction, params.test_fraction)
+    for name, code in (("training", 0), ("validation", 1), ("test", 2)):
+        check_class_counts(name, y[split == code], names, tasks)
     size = tuple(params.image_size) if params.image_size else None
     images = []
-    for path in files:
+    for path in paths:
         image = _read_image(path, size, params.channels)
         if size is None:  # the first image sets the size for the rest, within data.image_size's range
             size = image.shape[:2]
@@ -109,4 +125,16 @@ def load_folder(params: DataParams, seed: int):
                                     "sets the input size, and each side must be 8 to 4096: set data.image_size")
         images.append(image)
     x = np.stack(images)
-    return x[train_idx], y_train, x[test_idx], y_test, list(classes), f"folder ({root})"
+    return tuple(a for code in (0, 1, 2) for a in (x[split == code], y[split == code]))
+
+
+def load_folder(params: DataParams, seed: int):
+    """Every image of the folder, split by :func:`hashed_splits` on its path within the folder."""
+    if not params.dir:
+        raise PipelineError("data.source is 'folder' but data.dir is not set; --set data.dir=PATH")
+    root = Path(params.dir)
+    classes = scan(root)
+    files = [path for paths in classes.values() for path in paths]
+    y = np.asarray([label for label, paths in enumerate(classes.values()) for _ in paths], np.uint8)
+    keys = [path.relative_to(root).as_posix() for path in files]
+    return (*decode_split(files, keys, y, list(classes), (), params, seed), list(classes), (), f"folder ({root})")

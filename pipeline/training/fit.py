@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.contract import RAW, InputContract, logits_by_output
+from ..core.errors import PipelineError
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 from ..data import Dataset
@@ -95,6 +96,10 @@ def fit_target(model, data: Dataset, p: TrainParams, rate):
     model's outputs give (:func:`output_logits`): the model itself for one task, or a
     :class:`~pipeline.training.multitask.MultiTaskTrainer` around it (task weights, and the soft-sharing
     penalty if the model has a tower per task)."""
+    unknown = sorted(set(p.task_weights) - set(data.tasks))
+    if unknown:  # checked on load for multifashion; a manifest's tasks are its columns, known only now
+        raise PipelineError(f"train.task_weights.{unknown[0]}: not a task of the data; its tasks: "
+                            f"{', '.join(data.tasks) or 'none (a single label)'}")
     logits = output_logits(model, data)
     if not data.tasks:
         compile_for_training(model, rate, from_logits=next(iter(logits.values())))
