@@ -2,13 +2,14 @@ import dataclasses
 import gzip
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import DataParams
+from pipeline.core.params import DataParams, load_params
 from pipeline.data import fashion_mnist, load_dataset, split_train_val
 from pipeline.data.fashion_mnist import FILES, IMAGES_MAGIC, LABELS_MAGIC
 
@@ -238,6 +239,20 @@ def test_a_manifest_with_one_label_column_or_a_column_per_task(tmp_path):
     one = load_dataset(dataclasses.replace(write_manifest(tmp_path / "c", "path,front,back", manifest_rows(2)),
                                            tasks=["back"]), seed=0)
     assert one.tasks == ("back",) and one.y_train.shape[1] == 1
+    spreadsheet = write_manifest(tmp_path / "d", "\ufeffpath,colour", manifest_rows())  # a byte-order mark first
+    assert load_dataset(spreadsheet, seed=0).class_names == ["blue", "green", "red"]
+
+
+@pytest.mark.bad_input("manifests")
+def test_a_manifest_that_is_not_text_or_not_there_is_refused(tmp_path):
+    params = write_manifest(tmp_path, "path,label", manifest_rows())
+    Path(params.manifest).write_bytes(b"path,label\ncat/0.jpg,r\xffed\n")  # not UTF-8
+    with pytest.raises(PipelineError, match="cannot read it as UTF-8 CSV"):
+        load_dataset(params, seed=0)
+    with pytest.raises(PipelineError, match="data.manifest .*nothere.csv: not found"):
+        load_dataset(dataclasses.replace(params, manifest=str(tmp_path / "nothere.csv")), seed=0)
+    with pytest.raises(PipelineError, match="is read only with data.source manifest"):
+        load_params("params.yaml", ["data.manifest=x.csv"])
 
 
 @pytest.mark.bad_input("manifests")

@@ -26,7 +26,7 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
             raise PipelineError(f"data.manifest {path}: {'not a file' if path.exists() else 'not found'}")
         if path.stat().st_size > MAX_BYTES:
             raise PipelineError(f"data.manifest {path}: larger than {MAX_BYTES >> 20} MiB; not a manifest")
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: the byte-order mark spreadsheets write
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PipelineError(f"data.manifest {path}: cannot read it as UTF-8 CSV ({exc.__class__.__name__})") from None
