@@ -75,6 +75,7 @@ def stage_options(fn):
             sigterm_as_interrupt,
             sweep_leftovers,
         )
+        from .data.stream import decode_errors
 
         if verbose:
             os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.core.framework when TensorFlow is imported
@@ -86,7 +87,7 @@ def stage_options(fn):
                     click.echo(f"warning: {fn.__name__.replace('_', '-')} does not read {clip(key, 60)}; "
                                "that --set has no effect here", err=True)
                 lock = contextlib.nullcontext() if fn.__name__ in READ_ONLY else project_lock()
-                with lock:
+                with lock, decode_errors():
                     sweep_leftovers()
                     return fn(params=params, params_file=params_file, overrides=overrides, **kwargs)
         except PipelineError as exc:

@@ -74,21 +74,49 @@ def test_check_passes_on_the_real_report_and_fails_on_an_injected_regression(smo
     assert "min_accuracy" in proc.stderr and worse["artefacts"][0]["file"] in proc.stderr
 
 
+FOLDER = ["--set", "name=mine", "--set", "data.source=folder", "--set", "data.dir=images",
+          "--set", "data.image_size=[16, 16]", "--set", "data.limit_test=null"]
+
+
 @pytest.mark.e2e
-def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
+def test_an_image_folder_streams_through_the_same_pipeline_and_trains_as_if_held_in_memory(tmp_path):
     from test_data import write_folder
+
+    from pipeline.core.keras_io import load_model
 
     project = new_project(tmp_path)
     write_folder(project / "images", classes=("a", "b", "c"), per_class=20, size=(18, 14))
-    overrides = ["--set", "name=mine", "--set", "data.source=folder", "--set", "data.dir=images",
-                 "--set", "data.image_size=[16, 16]", "--set", "data.limit_test=null",
-                 "--set", "convert.formats=[float32, int8]"]
+    streamed = [*FOLDER, "--set", "data.cache=none", "--set", "convert.formats=[float32, int8]"]
     for stage in ("train", "prune", "convert", "validate"):
-        run_cli(stage, *SMOKE, *overrides, cwd=project)
+        run_cli(stage, *SMOKE, *streamed, cwd=project)
     entries = report(project, "mine")["artefacts"]
     assert {Path(e["file"]).name for e in entries} == {
         "mine.float32.tflite", "mine.int8.tflite", "mine.pruned.float32.tflite", "mine.pruned.int8.tflite"}
     assert all(0 <= e["accuracy"] <= 1 and e["keras_agreement"] is not None for e in entries)
+    # how the images are held is not a result: the same model, bit for bit, and the files stay current
+    shutil.copy(project / "models" / "mine.keras", tmp_path / "streamed.keras")
+    (project / "models" / "mine.keras").unlink()
+    run_cli("train", *SMOKE, *FOLDER, "--set", "data.cache=memory", cwd=project)
+    for a, b in zip(load_model(tmp_path / "streamed.keras").get_weights(),
+                    load_model(project / "models" / "mine.keras").get_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.e2e
+@pytest.mark.bad_input("image folders")
+def test_an_image_that_breaks_while_training_streams_is_one_line_and_the_process_exits(tmp_path):
+    from test_data import write_folder
+
+    project = new_project(tmp_path)
+    write_folder(project / "images", classes=("a", "b", "c"), per_class=40, size=(18, 14))
+    broken = project / "images" / "c" / "9.png"  # decoded after the first 32 (the output check) and the header
+    broken.write_bytes(broken.read_bytes()[:100])
+    # in a process of its own, with a timeout: a failed stream must not leave the interpreter unable to exit
+    proc = subprocess.run([os.sys.executable, "-m", "pipeline", "train", *SMOKE, *FOLDER, "--set", "data.cache=none"],
+                          cwd=project, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    fails_cleanly(proc, "images/c/9.png: not a readable image (OSError)")
+    assert "Epoch 1/" in proc.stdout and not (project / "models" / "mine.keras").exists()
 
 
 @pytest.mark.bad_input("missing upstream artefacts")

@@ -147,12 +147,14 @@ def folder_params(root, **extra):
     return DataParams(source="folder", dir=str(root), **extra)
 
 
-def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path, cache):
     root = write_folder(tmp_path / "imgs")
     ramp = (np.arange(20 * 16, dtype=np.uint16).reshape(20, 16) * 200)  # 0 .. 63,800 of 65,535
     Image.fromarray(ramp).save(root / "cat" / "0.png")
     assert Image.open(root / "cat" / "0.png").mode == "I;16"
-    data = load_dataset(folder_params(root, image_size=[20, 16], test_fraction=0.3), seed=0)
+    data = load_dataset(folder_params(root, image_size=[20, 16], test_fraction=0.3, cache=cache), seed=0)
+    assert (data.x_train.pixels is None) == (cache == "none")
     expected = np.round(ramp / 257).astype(np.uint8)[..., None]
     x = np.concatenate([data.x_train, data.x_val, data.x_test])
     assert any(np.array_equal(image, expected) for image in x)
@@ -166,11 +168,48 @@ def test_images_are_recognised_by_content_not_by_name(tmp_path):
 
 
 @pytest.mark.bad_input("image folders")
-def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path, cache):
     root = write_folder(tmp_path / "imgs")
     Image.new("1", (20000, 20000)).save(root / "cat" / "bomb.png")  # 20000x20000 declared, ~50 KB on disk
-    with pytest.raises(PipelineError, match="decompression bomb"):
-        load_dataset(folder_params(root), seed=0)
+    with pytest.raises(PipelineError, match="decompression bomb"):  # streamed too: headers are read on load
+        load_dataset(folder_params(root, cache=cache), seed=0)
+
+
+def test_a_streamed_folder_gives_the_pixels_batches_and_fingerprint_of_the_folder_held_in_memory(tmp_path,
+                                                                                                monkeypatch):
+    from pipeline.data import stream
+    from pipeline.training.fit import as_dataset
+
+    root = write_folder(tmp_path / "imgs", per_class=12)
+    held = load_dataset(folder_params(root, channels=3, image_size=[12, 10], cache="memory"), seed=0)
+    streamed = load_dataset(folder_params(root, channels=3, image_size=[12, 10], cache="none"), seed=0)
+    assert held.x_train.pixels is not None and streamed.x_train.pixels is None
+    assert held.fingerprint == streamed.fingerprint and held.describe() == streamed.describe()
+    for a, b in ((held.x_train, streamed.x_train), (held.x_val, streamed.x_val), (held.x_test, streamed.x_test)):
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and np.asarray(a).shape == (len(a), 12, 10, 3)
+    batches = [[(x.numpy(), y.numpy()) for x, y in as_dataset(d.x_train, d.y_train, 5, shuffle_seed=3)]
+               for d in (held, streamed)]
+    assert len(batches[0]) == len(batches[1]) == -(-len(held.y_train) // 5)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(*batches))
+    assert load_dataset(folder_params(root), seed=0).x_train.pixels is not None  # auto: small enough to hold
+    monkeypatch.setattr(stream, "AUTO_MEMORY_BYTES", 100)
+    assert load_dataset(folder_params(root), seed=0).x_train.pixels is None
+
+
+@pytest.mark.bad_input("image folders")
+def test_an_image_that_breaks_while_it_streams_is_one_line_naming_it(tmp_path):
+    from pipeline.data.stream import decode_errors
+    from pipeline.training.fit import as_dataset
+
+    root = write_folder(tmp_path / "imgs", per_class=12)
+    data = load_dataset(folder_params(root, channels=3, cache="none"), seed=0)
+    broken = Path(data.x_train.paths[-1])
+    broken.write_bytes(broken.read_bytes()[:80])  # truncated after its header was read
+    with pytest.raises(PipelineError, match=rf"^{broken}: not a readable image \(OSError\)$"):
+        with decode_errors():
+            for _ in as_dataset(data.x_train, data.y_train, 4):
+                pass
 
 
 @pytest.mark.bad_input("image folders")

@@ -41,7 +41,7 @@ class InputContract:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, H, W, C) -> the model's float32 input."""
-        x = x.astype(np.float32)
+        x = np.asarray(x, dtype=np.float32)
         if self.is_identity:
             return x
         return x * np.asarray(self.scale, np.float32) + np.asarray(self.offset, np.float32)

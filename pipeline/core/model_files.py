@@ -154,11 +154,13 @@ class LoadedModel:
         """The tf_keras model (what costs and the training stages need), or None for the other kinds."""
         return self.model if self.kind == "tf_keras" else None
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Scores per output name for float inputs ``x`` (already through the input contract)."""
+    def predict(self, x, batch_size: int = 256, contract=None) -> dict[str, np.ndarray]:
+        """Scores per output name for inputs ``x``: floats already through the input contract, or
+        pixels (an array or image files) that ``contract`` turns into inputs one batch at a time."""
         parts: dict[str, list] = {name: [] for name in self.output_names}
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].astype(np.float32)
+            batch = x[start:start + batch_size]
+            batch = contract.apply(batch) if contract is not None else np.asarray(batch, np.float32)
             if self.kind == "saved_model":
                 (name,) = self.model.structured_input_signature[1]
                 out = {k: v.numpy() for k, v in self.model(**{name: batch}).items()}

@@ -87,6 +87,9 @@ class DataParams:
     limit_train: Optional[int] = bounded(None, 10, 10**9)
     limit_test: Optional[int] = bounded(None, 10, 10**9)
     tasks: Optional[list[str]] = None
+    # image folders and manifests: decode once and hold in memory, or stream from the files every epoch
+    # (auto: memory while the decoded images fit pipeline.data.stream.AUTO_MEMORY_BYTES)
+    cache: Literal["auto", "memory", "none"] = "auto"
 
     def validate(self) -> None:
         _check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..export.report import BOUND, flatten
+from ..export.report import BOUND, UNBOUND, flatten
 from .artifacts import file_hash, read_record
 
 MAX_CHAIN = 8  # tflite -> pruned -> shrunk -> trained is 4; more means a loop or a hand-made chain
@@ -29,7 +29,7 @@ def _is_file(path: Path) -> bool:
 
 def chain(path: Path, root: str | None = None) -> tuple[dict[str, tuple[Any, str]], bool]:
     """(claims, complete): flattened params key -> (value, the record that says so), for the bound
-    params (see :data:`pipeline.export.report.BOUND`; ``data.dir`` left out) that the records behind ``path``
+    params (see :data:`pipeline.export.report.BOUND`, less its ``UNBOUND``) that the records behind ``path``
     commit to, the record nearest to ``path`` winning where two say the same key; and whether the
     chain of records reaches a trained model's record, or the ready-made model ``root`` (``model.file``,
     which has none), within MAX_CHAIN links."""
@@ -58,7 +58,7 @@ def chain(path: Path, root: str | None = None) -> tuple[dict[str, tuple[Any, str
             parent = record.get("parent")
         source = f"{current}.json"
         for key, value in found.items():
-            if not key.startswith("data.dir"):
+            if key not in UNBOUND:
                 claims.setdefault(key, (value, source))
         if record.get("stage") == "train":
             return claims, True

@@ -1,4 +1,4 @@
-"""Datasets as uint8 NHWC arrays with a deterministic train / validation / test split.
+"""Datasets as uint8 NHWC arrays (or image files that read as such: :mod:`.stream`) with a deterministic train / validation / test split.
 
 The test split is only ever used for reporting; validation (carved from the training data) is what
 chooses epochs and checkpoints.
@@ -22,7 +22,7 @@ MIN_PER_CLASS = {"training": 5, "validation": 1, "test": 1}
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    x_train: np.ndarray
+    x_train: np.ndarray  # or, for an image folder or manifest, a stream.ImageFiles (each x_ alike)
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
@@ -96,11 +96,15 @@ def check_class_counts(split: str, y: np.ndarray, names: list[str], tasks: tuple
                                 f"each class needs at least {need} (add images, or raise {fix})")
 
 
-def fingerprint(*arrays: np.ndarray) -> str:
+def fingerprint(*arrays) -> str:
+    """sha256 of arrays' shapes and bytes; images still in their files (:class:`.stream.ImageFiles`,
+    in memory or not) count by their files' digests."""
+    from .stream import ImageFiles
+
     digest = hashlib.sha256()
     for a in arrays:
         digest.update(str(a.shape).encode())
-        digest.update(np.ascontiguousarray(a).tobytes())
+        digest.update(a.content_hash() if isinstance(a, ImageFiles) else np.ascontiguousarray(a).tobytes())
     return "sha256:" + digest.hexdigest()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..core.params import DataParams
 # What an image file starts with, by format: files are judged by their bytes, not their names.
 SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",),
               "GIF": (b"GIF87a", b"GIF89a"), "TIFF": (b"II*\x00", b"MM\x00*"), "WEBP": (b"RIFF",)}
+PROGRESS_FROM = 20_000  # a folder this large says what it is doing while its files are read
 MAX_CLASSES = 256  # labels are stored as uint8
 MAX_PIXELS = 50_000_000  # per image, checked before decoding: a larger one is refused (a decompression bomb)
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes whose samples run to 65535
@@ -43,7 +45,34 @@ def to_8bit(img, channels: int):
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def _read_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
+def inspect(path: Path) -> bytes:
+    """The sha256 of the image file at ``path``, after its header (read, not decoded) is checked: one
+    line for a file that is not an image, an image with more pixels than MAX_PIXELS, or float samples."""
+    from PIL import Image, UnidentifiedImageError
+
+    if sniff(path) is None:
+        raise PipelineError(f"{path}: not an image ({', '.join(SIGNATURES)})")
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        with Image.open(path) as img:
+            width, height = img.size
+            mode = img.mode
+    except Image.DecompressionBombError:
+        raise PipelineError(f"{path}: more pixels than an image may have (a decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise PipelineError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    if width * height > MAX_PIXELS:
+        raise PipelineError(f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} an image "
+                            "may have (a decompression bomb, or a photo to shrink first)")
+    if mode == "F":
+        raise PipelineError(f"{path}: not a readable image (32-bit float samples have no defined 8-bit scale)")
+    return digest.digest()
+
+
+def read_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -107,24 +136,26 @@ def hashed_splits(keys: list[str], strata: np.ndarray, seed: int, val_fraction: 
 def decode_split(paths: list[Path], keys: list[str], y: np.ndarray, names: list[str], tasks: tuple[str, ...],
                  params: DataParams, seed: int):
     """(x_train, y_train, x_val, y_val, x_test, y_test) of the images at ``paths`` (``keys``: what their
-    split is hashed on), decoded and resized to one size. The class counts of every split are checked
-    before anything is decoded."""
+    split is hashed on), each x an :class:`~pipeline.data.stream.ImageFiles` of one size, held as
+    ``data.cache`` says. The class counts of every split are checked, and every file's header read and
+    hashed (:func:`inspect`), before anything is decoded."""
     from . import check_class_counts
+    from .stream import ImageFiles, hold, threads
 
     split = hashed_splits(keys, y if y.ndim == 1 else y[:, 0], seed, params.val_fraction, params.test_fraction)
     for name, code in (("training", 0), ("validation", 1), ("test", 2)):
         check_class_counts(name, y[split == code], names, tasks)
+    if len(paths) >= PROGRESS_FROM:
+        print(f"data: reading the headers of {len(paths):,} images", flush=True)
+    with ThreadPoolExecutor(threads()) as pool:
+        digests = np.asarray(list(pool.map(inspect, paths)), dtype="S32")
     size = tuple(params.image_size) if params.image_size else None
-    images = []
-    for path in paths:
-        image = _read_image(path, size, params.channels)
-        if size is None:  # the first image sets the size for the rest, within data.image_size's range
-            size = image.shape[:2]
-            if not all(8 <= side <= 4096 for side in size):
-                raise PipelineError(f"{path}: {size[1]}x{size[0]} pixels; without data.image_size the first image "
-                                    "sets the input size, and each side must be 8 to 4096: set data.image_size")
-        images.append(image)
-    x = np.stack(images)
+    if size is None:  # the first image sets the size for the rest, within data.image_size's range
+        size = read_image(paths[0], None, params.channels).shape[:2]
+        if not all(8 <= side <= 4096 for side in size):
+            raise PipelineError(f"{paths[0]}: {size[1]}x{size[0]} pixels; without data.image_size the first image "
+                                "sets the input size, and each side must be 8 to 4096: set data.image_size")
+    x = hold(ImageFiles(np.asarray([str(p) for p in paths]), digests, size, params.channels), params.cache)
     return tuple(a for code in (0, 1, 2) for a in (x[split == code], y[split == code]))
 
 

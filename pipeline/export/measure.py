@@ -57,7 +57,7 @@ class KerasParents:
     """Keras predictions on the test set, computed once per parent model (loaded safely) and input
     contract."""
 
-    def __init__(self, x_test: np.ndarray):
+    def __init__(self, x_test):
         self.x_test = x_test
         self._cache: dict[tuple, tuple[np.ndarray, dict]] = {}
 
@@ -69,7 +69,7 @@ class KerasParents:
             from ..core.model_files import load_any
 
             model = load_any(Path(path))
-            scores = model.predict(contract.apply(self.x_test))
+            scores = model.predict(self.x_test, contract=contract)
             labels = {name: np.argmax(s, axis=-1) for name, s in scores.items()}
             self._cache[key] = (next(iter(labels.values())) if len(labels) == 1 else labels,
                                 totals(model_costs(model.keras)) if model.keras is not None else None)

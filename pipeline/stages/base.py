@@ -22,6 +22,7 @@ from ..core.keras_io import check_fits_data, load_model, save_model
 from ..core.params import Params
 from ..core.provenance import disagreements, stale_link
 from ..data import Dataset, load_dataset
+from ..data.stream import decode_errors
 from ..export.report import bound_params, flatten
 from ..training.resume import backup_dir, finish
 
@@ -40,7 +41,8 @@ def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, d
     check_writable(out)
     state = backup_dir(out)
     try:
-        made, metrics = work(state)
+        with decode_errors():  # an image that fails to decode while streaming: its one line
+            made, metrics = work(state)
     except PipelineError:  # a refusal after the work (a divergence, a sparsity not reached): resuming would
         finish(state)      # only meet it again; an interruption (Ctrl-C, SIGTERM) keeps the state to resume
         raise

@@ -44,7 +44,10 @@ def train(params: Params) -> Path:
         keep = fit_resumable(target, split_dataset(data, "train", params.train.batch_size, params.seed),
                              split_dataset(data, "val", 500), params.train.epochs, state,
                              planned["key"], [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))])
-        metrics = {"best_epoch": keep.best_epoch + 1, **split_accuracies(model, data),
+        fit = time.perf_counter() - start  # the epochs this process ran, each with its validation pass
+        metrics = {"best_epoch": keep.best_epoch + 1, "fit_seconds": round(fit, 1),
+                   "train_images_per_second": round(len(data.x_train) * keep.epochs_run / fit, 1),
+                   **split_accuracies(model, data),
                    "train_seconds": round(time.perf_counter() - start, 1), "history": keep.history}
         print(f"train: best epoch {metrics['best_epoch']}, val {metrics['val_accuracy']:.4f}, "
               f"test {metrics['test_accuracy']:.4f} ({metrics['train_seconds']:.0f}s) -> {out}", flush=True)

@@ -9,6 +9,7 @@ from ..core.errors import PipelineError
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 from ..data import Dataset
+from ..data.stream import ImageFiles
 from .multitask import MultiTaskTrainer, tower_groups
 
 
@@ -18,13 +19,20 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def as_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None,
+def as_dataset(x, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None,
                contract: InputContract = RAW):
-    """uint8 arrays -> a batched float32 tf.data pipeline, each pixel turned into the model's input by
-    ``contract`` (the identity for the pipeline's own models: they rescale inside)."""
-    ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+    """uint8 images -> a batched float32 tf.data pipeline, each pixel turned into the model's input by
+    ``contract`` (the identity for the pipeline's own models: they rescale inside). Images not held in
+    memory (:class:`~pipeline.data.stream.ImageFiles`) are streamed: their indices are shuffled (the
+    same order as an array's for the same seed) and decoded in parallel."""
+    streamed = isinstance(x, ImageFiles) and x.pixels is None
+    items = np.arange(len(x)) if streamed else np.asarray(x)
+    ds = tf.data.Dataset.from_tensor_slices(items if y is None else (items, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if streamed:
+        ds = ds.map(x.tf_images if y is None else (lambda i, b: (x.tf_images(i), b)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     scale, offset = tf.constant(contract.scale, tf.float32), tf.constant(contract.offset, tf.float32)
     to_input = (lambda a: tf.cast(a, tf.float32)) if contract.is_identity else \
         (lambda a: tf.cast(a, tf.float32) * scale + offset)

@@ -36,6 +36,7 @@ class KeepBest(keras.callbacks.Callback):
         self.first_epoch, self.state_dir = first_epoch, state_dir
         self.best, self.best_epoch, self.weights = -1.0, -1, None
         self.history: dict[str, list[float]] = {}
+        self.epochs_run = 0  # by this process (a resumed fit ran fewer than its history holds)
 
     def on_train_begin(self, logs=None):
         state = self.state_dir / "keep_best.json" if self.state_dir else None
@@ -49,6 +50,7 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self.epochs_run += 1
         for key, value in logs.items():
             self.history.setdefault(key, []).append(round(float(value), 5))
         score = logs.get("val_accuracy", -1.0)
