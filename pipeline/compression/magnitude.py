@@ -122,7 +122,7 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
               f"prune.frequency ({p.frequency}): masks are updated every {frequency} steps instead", flush=True)
     hold = p.end_epoch * steps
     target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
-    keep = fit_resumable(target, split_dataset(data, "train", p.batch_size, seed), split_dataset(data, "val", 500),
+    keep = fit_resumable(target, split_dataset(data, "train", p.batch_size, seed), split_dataset(data, "val"),
                          p.epochs, state_dir, key,
                          callbacks=[sparsity.UpdatePruningStep(), Diverged(
                              "pruning's fine-tuning", divergence_hint(data.tasks, "prune.learning_rate"))],

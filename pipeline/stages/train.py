@@ -42,7 +42,7 @@ def train(params: Params) -> Path:
         print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
         start = time.perf_counter()
         keep = fit_resumable(target, split_dataset(data, "train", params.train.batch_size, params.seed),
-                             split_dataset(data, "val", 500), params.train.epochs, state,
+                             split_dataset(data, "val"), params.train.epochs, state,
                              planned["key"], [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))])
         fit = time.perf_counter() - start  # the epochs this process ran, each with its validation pass
         metrics = {"best_epoch": keep.best_epoch + 1, "fit_seconds": round(fit, 1),

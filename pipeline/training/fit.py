@@ -13,6 +13,9 @@ from ..data.stream import ImageFiles
 from .multitask import MultiTaskTrainer, tower_groups
 
 
+EVALUATION_VALUES = 1 << 22  # 500 Fashion-MNIST images; 151 RGB images of 96x96
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, params and machine -> same weights (TensorFlow's op determinism is enabled)."""
     keras.utils.set_random_seed(seed)
@@ -61,9 +64,16 @@ def compile_for_training(model, rate, from_logits: bool = False) -> None:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
 
 
-def predict_labels(model, x: np.ndarray, batch_size: int = 500, contract: InputContract = RAW
+def evaluation_batch(x) -> int:
+    """The batch size of predictions and validation passes: 500 images, fewer for large images (at most
+    EVALUATION_VALUES input values a batch), so their activations do not set the peak memory."""
+    return int(max(1, min(500, EVALUATION_VALUES // int(np.prod(x.shape[1:])))))
+
+
+def predict_labels(model, x: np.ndarray, batch_size: int | None = None, contract: InputContract = RAW
                    ) -> np.ndarray | dict[str, np.ndarray]:
     """Top-1 labels; for a multi-output model, a dict of them keyed by output (task) name."""
+    batch_size = batch_size or evaluation_batch(x)
     scores = by_output(model, model.predict(as_dataset(x, None, batch_size, contract=contract), verbose=0))
     if len(scores) == 1:
         return np.argmax(next(iter(scores.values())), axis=-1)
@@ -93,10 +103,11 @@ def split_accuracies(model, data: Dataset) -> dict:
     return metrics
 
 
-def split_dataset(data: Dataset, split: str, batch_size: int, shuffle_seed: int | None = None):
-    """One split of ``data`` ("train" or "val") as the batched (input, labels) pipeline fitting reads."""
+def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuffle_seed: int | None = None):
+    """One split of ``data`` ("train" or "val") as the batched (input, labels) pipeline fitting reads;
+    without ``batch_size``, in :func:`evaluation_batch` batches."""
     x, y = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val)}[split]
-    return as_dataset(x, data.labels(y), batch_size, shuffle_seed, data.contract)
+    return as_dataset(x, data.labels(y), batch_size or evaluation_batch(x), shuffle_seed, data.contract)
 
 
 def fit_target(model, data: Dataset, p: TrainParams, rate):
