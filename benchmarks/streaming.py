@@ -7,8 +7,9 @@
     python benchmarks/streaming.py measure DIR [DIR...] --cache none --cache memory [--epochs 1]
         trains the tiny model on each folder with each data.cache setting, each run a `mobiledeploy
         train` process of its own in a throw-away project, and prints one markdown row per run: images,
-        decoded size, wall time, training images per second (from the train record's fit time) and the
-        process's peak resident memory (from the kernel's rusage of the finished child)
+        decoded size, wall time, training images per second (from the train record's fit time), the
+        process's peak resident memory (from the kernel's rusage of the finished child), and the
+        highest of the once-a-second samples in each half of the run (does memory grow with time?)
 
 The folders hold about 30% more images than Fashion-MNIST has (70,000): past that, an image is
 written again with another tint, so train and test may share a garment. The accuracy column is for
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +58,16 @@ def write(folder: Path, count: int, size: int, seed: int = 0) -> None:
     print(f"write: {folder} holds {count:,} images of {size}x{size}x3 ({written:,} written now)", flush=True)
 
 
+def sample_rss(pid: int, samples: list[int]) -> None:
+    page = os.sysconf("SC_PAGE_SIZE")
+    while True:
+        try:
+            samples.append(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page)
+        except (OSError, IndexError, ValueError):
+            return
+        time.sleep(1)
+
+
 def measure(folder: Path, cache: str, epochs: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
@@ -66,6 +78,9 @@ def measure(folder: Path, cache: str, epochs: int, batch: int) -> dict:
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--params", str(config)], cwd=tmp,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        samples: list[int] = []  # resident pages every second, to see whether memory grows with time
+        sampler = threading.Thread(target=sample_rss, args=(proc.pid, samples), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
@@ -76,6 +91,8 @@ def measure(folder: Path, cache: str, epochs: int, batch: int) -> dict:
     return {"folder": folder.name, "images": images, "decoded_gb": images * int(np.prod(shape)) / 1e9,
             "cache": cache, "wall_s": wall, "fit_s": metrics["fit_seconds"],
             "images_per_s": metrics["train_images_per_second"], "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+            "rss_halves_gb": [max(half, default=0) / 1e9 for half in (samples[:len(samples) // 2],
+                                                                     samples[len(samples) // 2:])],
             "test_accuracy": metrics["test_accuracy"]}
 
 
@@ -97,13 +114,15 @@ def main() -> None:
             raise SystemExit("write: --count must be 1 to 10,000,000 and --size 8 to 1024")
         write(args.folder, args.count, args.size)
         return
-    print("| folder | images | decoded GB | data.cache | wall s | fit s | train images/s | peak RSS GB | test acc |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| folder | images | decoded GB | data.cache | wall s | fit s | train images/s | peak RSS GB | "
+          "peak RSS GB, 1st / 2nd half of the run | test acc |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---|---:|")
     for folder in args.folders:
         for cache in args.cache or ["none", "memory"]:
             r = measure(folder, cache, args.epochs, args.batch)
             print(f"| {r['folder']} | {r['images']:,} | {r['decoded_gb']:.2f} | {r['cache']} | {r['wall_s']:.0f} | "
-                  f"{r['fit_s']:.0f} | {r['images_per_s']:,.0f} | {r['peak_rss_gb']:.2f} | {r['test_accuracy']:.4f} |",
+                  f"{r['fit_s']:.0f} | {r['images_per_s']:,.0f} | {r['peak_rss_gb']:.2f} | "
+                  f"{r['rss_halves_gb'][0]:.2f} / {r['rss_halves_gb'][1]:.2f} | {r['test_accuracy']:.4f} |",
                   flush=True)
 
 

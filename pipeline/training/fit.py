@@ -9,7 +9,7 @@ from ..core.errors import PipelineError
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 from ..data import Dataset
-from ..data.stream import ImageFiles
+from ..data.stream import ImageFiles, threads
 from .multitask import MultiTaskTrainer, tower_groups
 
 
@@ -33,14 +33,18 @@ def as_dataset(x, y: np.ndarray | None, batch_size: int, shuffle_seed: int | Non
     ds = tf.data.Dataset.from_tensor_slices(items if y is None else (items, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if streamed:
-        ds = ds.map(x.tf_images if y is None else (lambda i, b: (x.tf_images(i), b)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    if streamed:  # fixed parallelism and buffers: tf.data's autotuning grows them with time, and memory with them
+        ds = ds.map(x.tf_images if y is None else (lambda i, b: (x.tf_images(i), b)), num_parallel_calls=threads())
     scale, offset = tf.constant(contract.scale, tf.float32), tf.constant(contract.offset, tf.float32)
     to_input = (lambda a: tf.cast(a, tf.float32)) if contract.is_identity else \
         (lambda a: tf.cast(a, tf.float32) * scale + offset)
     step = to_input if y is None else (lambda a, b: (to_input(a), b))
-    return ds.batch(batch_size).map(step, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(step, num_parallel_calls=1 if streamed else tf.data.AUTOTUNE)
+    if streamed:
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return ds.prefetch(2).with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def by_output(model, scores) -> dict[str, np.ndarray]:
