@@ -68,7 +68,7 @@ def sample_rss(pid: int, samples: list[int]) -> None:
         time.sleep(1)
 
 
-def measure(folder: Path, cache: str, epochs: int, batch: int) -> dict:
+def measure(folder: Path, cache: str, epochs: int, batch: int, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
         config.write_text(json.dumps({  # JSON is YAML
@@ -77,7 +77,7 @@ def measure(folder: Path, cache: str, epochs: int, batch: int) -> dict:
             "model": {"architecture": "tiny"}, "train": {"epochs": epochs, "batch_size": batch}}))
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--params", str(config)], cwd=tmp,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **env})
         samples: list[int] = []  # resident pages every second, to see whether memory grows with time
         sampler = threading.Thread(target=sample_rss, args=(proc.pid, samples), daemon=True)
         sampler.start()
@@ -108,19 +108,24 @@ def main() -> None:
     m.add_argument("--cache", action="append", choices=["none", "memory", "auto"])
     m.add_argument("--epochs", type=int, default=1)
     m.add_argument("--batch", type=int, default=128)
+    m.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the training process (e.g. MALLOC_ARENA_MAX=2)")
     args = parser.parse_args()
     if args.command == "write":
         if not 1 <= args.count <= 10_000_000 or not 8 <= args.size <= 1024:
             raise SystemExit("write: --count must be 1 to 10,000,000 and --size 8 to 1024")
         write(args.folder, args.count, args.size)
         return
+    env = dict(item.split("=", 1) for item in args.env if "=" in item)
+    if len(env) != len(args.env):
+        raise SystemExit("measure: --env takes NAME=VALUE")
     print("| folder | images | decoded GB | data.cache | wall s | fit s | train images/s | peak RSS GB | "
           "peak RSS GB, 1st / 2nd half of the run | test acc |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---|---:|")
     for folder in args.folders:
         for cache in args.cache or ["none", "memory"]:
-            r = measure(folder, cache, args.epochs, args.batch)
-            print(f"| {r['folder']} | {r['images']:,} | {r['decoded_gb']:.2f} | {r['cache']} | {r['wall_s']:.0f} | "
+            r = measure(folder, cache, args.epochs, args.batch, env)
+            print(f"| {' '.join([r['folder'], *args.env])} | {r['images']:,} | {r['decoded_gb']:.2f} | {r['cache']} | {r['wall_s']:.0f} | "
                   f"{r['fit_s']:.0f} | {r['images_per_s']:,.0f} | {r['peak_rss_gb']:.2f} | "
                   f"{r['rss_halves_gb'][0]:.2f} / {r['rss_halves_gb'][1]:.2f} | {r['test_accuracy']:.4f} |",
                   flush=True)

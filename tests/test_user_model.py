@@ -243,7 +243,9 @@ def test_init_then_run_gates_a_ready_made_model_in_its_own_repository(user_proje
     run_cli("init", "--model", "mine.keras", "--pixels", "unit", "--name", "app", cwd=repo)
     assert (repo / ".github/workflows/mobiledeploy.yml").is_file() and (repo / "mobiledeploy.mk").is_file()
     fails_cleanly(run_cli("init", cwd=repo, check=False), "mobiledeploy.yaml exists")
-    job = ("--params", "mobiledeploy.yaml", *QUICK, "--set", "prune.enabled=false")
+    # no latency gates: a ratio of two tiny models' microsecond latencies is noise on a busy machine
+    job = ("--params", "mobiledeploy.yaml", *QUICK, "--set", "prune.enabled=false",
+           "--set", "check.latency_gates=false")
     fails_cleanly(run_cli("run", *job, cwd=repo, check=False), "gates file gates/app.yaml not found")
     assert sorted(p.name for p in (repo / "tflite_out").glob("*.tflite")) == ["app.float32.tflite", "app.int8.tflite"]
     run_cli("check", "--update", *job, cwd=repo)
