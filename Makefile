@@ -7,6 +7,9 @@ PARAMS ?= params.yaml
 # MODEL=path/to/model.keras: your own ready-made model (params key model.file) instead of training one
 MODEL ?=
 PYTHON ?= python3
+# glibc's malloc keeps up to 8 arenas a core for TensorFlow's threads; 2 keep a streamed folder's
+# training at 1.24 GB instead of 1.52 (100,000 images, docs/streaming.md)
+export MALLOC_ARENA_MAX ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
 CLI := $(PY) -m pipeline

@@ -95,7 +95,7 @@ class ImageFiles:
 
     def tf_images(self, indices):
         """A tf.data map function: an index tensor -> that image as a uint8 tensor."""
-        import tensorflow as tf
+        from ..core.framework import tf
 
         def read(i):
             if _closing.is_set():  # the stage is ending: what is left in flight returns at once
