@@ -146,7 +146,7 @@ def decode_split(paths: list[Path], keys: list[str], y: np.ndarray, names: list[
     for name, code in (("training", 0), ("validation", 1), ("test", 2)):
         check_class_counts(name, y[split == code], names, tasks)
     if len(paths) >= PROGRESS_FROM:
-        print(f"data: reading the headers of {len(paths):,} images", flush=True)
+        print(f"data: checking and hashing {len(paths):,} image files", flush=True)
     with ThreadPoolExecutor(threads()) as pool:
         digests = np.asarray(list(pool.map(inspect, paths)), dtype="S32")
     size = tuple(params.image_size) if params.image_size else None
