@@ -46,12 +46,11 @@ def to_8bit(img, channels: int):
 
 
 def inspect(path: Path) -> bytes:
-    """The sha256 of the image file at ``path``, after its header (read, not decoded) is checked: one
-    line for a file that is not an image, an image with more pixels than MAX_PIXELS, or float samples."""
+    """The sha256 of the image file at ``path`` (already sniffed by the folder scan or the manifest),
+    after its header (read, not decoded) is checked: one line for an unreadable header, more pixels
+    than MAX_PIXELS, or float samples."""
     from PIL import Image, UnidentifiedImageError
 
-    if sniff(path) is None:
-        raise PipelineError(f"{path}: not an image ({', '.join(SIGNATURES)})")
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
