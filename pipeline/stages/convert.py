@@ -22,7 +22,7 @@ from ..core.model_files import load_any, path_hash
 from ..core.params import Params
 from ..data import Dataset, load_dataset
 from ..export.sidecar import write_sidecar
-from ..export.tflite import CALIBRATED, representative_data, to_tflite
+from ..export.tflite import CALIBRATED, Exporter, representative_data
 from .base import fed, make, refuse_foreign, require_model_file
 
 
@@ -55,18 +55,19 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
                           if any(fmt in CALIBRATED for fmt in params.convert.formats) else None)
         logits = logits_by_output(model.predict(data.contract.apply(data.x_train[:32])))  # for the sidecar
         pruned = (read_record(path) or {}).get("stage") == "prune"
-        for fmt in params.convert.formats:
-            out = derived(lambda stem: tflite_path(stem, fmt), path, params)  # noqa: B023 (called at once)
-            convert_file(model, path, fmt, out, params, data, representative, pruned=pruned)
-            write_sidecar(out, data.contract, data.input_shape, data.class_names, data.tasks, logits)
-            written.append(out)
+        with Exporter(model) as exporter:  # exported once for all its formats
+            for fmt in params.convert.formats:
+                out = derived(lambda stem: tflite_path(stem, fmt), path, params)  # noqa: B023 (called at once)
+                convert_file(exporter, path, fmt, out, params, data, representative, pruned=pruned)
+                write_sidecar(out, data.contract, data.input_shape, data.class_names, data.tasks, logits)
+                written.append(out)
     return written
 
 
-def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: Dataset,
+def convert_file(exporter: Exporter, path: Path, fmt: str, out: Path, params: Params, data: Dataset,
                  representative: np.ndarray | None, **extra) -> Path:
-    """Convert ``model`` (a Keras model, or a LoadedModel, from ``path``; fed by ``data.contract``) to ``out``
-    unless ``out`` is current; ``extra`` goes into the record. ``representative``: for full-integer int8."""
+    """Convert the model of ``exporter`` (from ``path``, fed by ``data.contract``) to ``out`` unless ``out``
+    is current; ``extra`` goes into the record. ``representative``: for full-integer int8."""
     used: dict = {"format": fmt, "input": params.section("input")}
     inputs = {"model": path_hash(path)}
     if fmt in CALIBRATED:  # only these read data (the calibration images)
@@ -78,7 +79,7 @@ def convert_file(model, path: Path, fmt: str, out: Path, params: Params, data: D
                           format=fmt, input=data.contract.to_dict(), **extra)
 
     def work(_state: Path):
-        blob = to_tflite(model, fmt, representative if fmt in CALIBRATED else None)
+        blob = exporter.convert(fmt, representative if fmt in CALIBRATED else None)
         print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
         return blob, None
 

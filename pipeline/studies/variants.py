@@ -17,7 +17,7 @@ from ..core.params import Params
 from ..data import Dataset, load_dataset
 from ..export.costs import model_costs, totals
 from ..export.measure import measure
-from ..export.tflite import representative_data
+from ..export.tflite import Exporter, representative_data
 from ..stages.convert import convert_file
 from ..stages.train import train
 
@@ -43,8 +43,9 @@ def measure_variants(variants: dict[str, Params], out_dir: Path, label: str) -> 
         path = train(p)
         model = load_model(path)
         representative = representative_data(data, p.convert, p.seed)
-        out = convert_file(model, path, "int8", out_dir / f"{variant}.int8.tflite", p, data, representative,
-                           pruned=False)
+        with Exporter(model) as exporter:
+            out = convert_file(exporter, path, "int8", out_dir / f"{variant}.int8.tflite", p, data, representative,
+                               pruned=False)
         built.append((variant, p, path, out, totals(model_costs(model))))
     rows = []
     for variant, p, path, out, cost in built:  # (the float accuracies are in the train records)
