@@ -139,16 +139,23 @@ BAD_INPUT_TABLE = ROOT / ".build" / "bad_input.md"
 
 # The end-to-end tier: tests on a trained smoke project, and those marked e2e (whole stages, several
 # trainings or conversions). `make test-fast` runs the rest, the unit tier.
-E2E_FIXTURES = {"smoke_project", "copy_of_smoke", "uninterrupted"}
+SMOKE_FIXTURES = {"smoke_project", "copy_of_smoke"}
+E2E_FIXTURES = SMOKE_FIXTURES | {"uninterrupted"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-    # the long end-to-end tests first, the many short ones after: with `--dist worksteal` the two
-    # workers then finish together instead of one waiting on the other's last long test
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    # `--dist worksteal` gives the first half of this order to one worker and the second half to the
+    # other, and an idle worker then takes tests from the end of the other's queue. So: the tests on the
+    # smoke project open the first half (its worker builds the project), the other end-to-end tests open
+    # the second (its worker does not wait for that build), and the many short tests end both halves
+    smoke = [item for item in items if SMOKE_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    e2e = [item for item in items if item.get_closest_marker("e2e") is not None and item not in smoke]
+    short = [item for item in items if item.get_closest_marker("e2e") is None]
+    fill = max(0, len(items) // 2 - len(smoke))
+    items[:] = smoke + short[:fill] + e2e + short[fill:]
 
 
 IN_WORKER = False  # under pytest-xdist, workers run the tests and the controller writes the table

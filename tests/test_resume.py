@@ -13,7 +13,7 @@ from conftest import ROOT, SMOKE, built_once, new_project, run_cli, snapshot
 
 from pipeline.core.keras_io import load_model
 
-TRAIN = ("train", *SMOKE, "--set", "train.epochs=6")
+TRAIN = ("train", *SMOKE, "--set", "train.epochs=6", "--set", "data.limit_train=2000")
 
 
 def start_and_signal(project, sig, when="Epoch 4/"):

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_dataset
+from conftest import SMOKE, new_project, run_cli, tiny_dataset
 
 from pipeline import architectures
 from pipeline.compression.channels.graph import ChannelGraph
@@ -201,33 +201,33 @@ def test_the_rounds_stop_once_the_target_is_reached():
     assert totals(model_costs(kept))["params"] == history[-1]["params"]
 
 
-def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(copy_of_smoke):
-    from conftest import SMOKE, run_cli
-
-    # the smoke model trained again on 600 training and 200 test images: this test is about the plumbing
+@pytest.mark.e2e
+def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(tmp_path):
+    project = new_project(tmp_path)
+    # the smoke model on 600 training and 200 test images: this test is about the plumbing
     shrink = ("--set", "data.limit_train=600", "--set", "data.limit_test=200", "--set", "validate.latency_runs=20",
               "--set", "prune.frequency=1", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
               "--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
               "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
               "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
-    for stage in ("train", "prune"):  # the smoke model again, on that subset: a stage reads what its params make
-        run_cli(stage, *SMOKE, *shrink, cwd=copy_of_smoke)
-    run_cli("shrink", *SMOKE, *shrink, cwd=copy_of_smoke)
-    shrunk = copy_of_smoke / "models" / "smoke.shrunk.keras"
-    record = json.loads((copy_of_smoke / "models" / "smoke.shrunk.keras.json").read_text())
+    for stage in ("train", "prune"):  # the smoke model, on that subset
+        run_cli(stage, *SMOKE, *shrink, cwd=project)
+    run_cli("shrink", *SMOKE, *shrink, cwd=project)
+    shrunk = project / "models" / "smoke.shrunk.keras"
+    record = json.loads((project / "models" / "smoke.shrunk.keras.json").read_text())
     history = record["metrics"]["history"]
     assert [h["round"] for h in history] == [0, 1, 2] and history[2]["macs"] < history[1]["macs"] < history[0]["macs"]
-    assert "| 2 |" in (copy_of_smoke / "tflite_out" / "smoke.shrunk.md").read_text()
-    run_cli("sensitivity", *SMOKE, *shrink, cwd=copy_of_smoke)
-    assert "| stage2_conv | 8 |" in (copy_of_smoke / "tflite_out" / "smoke.sensitivity.md").read_text()
+    assert "| 2 |" in (project / "tflite_out" / "smoke.shrunk.md").read_text()
+    run_cli("sensitivity", *SMOKE, *shrink, cwd=project)
+    assert "| stage2_conv | 8 |" in (project / "tflite_out" / "smoke.sensitivity.md").read_text()
     for stage in ("prune", "convert", "validate"):  # structured removal, then TF-MOT on the narrower model
         run_cli(stage, *SMOKE, *shrink, "--set", "convert.formats=[float32, int8]", "--model", str(shrunk),
-                cwd=copy_of_smoke)
-    report = json.loads((copy_of_smoke / "tflite_out" / "smoke.shrunk.report.json").read_text())
+                cwd=project)
+    report = json.loads((project / "tflite_out" / "smoke.shrunk.report.json").read_text())
     assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
-    assert (copy_of_smoke / "models" / "smoke.shrunk.pruned.keras").is_file()
-    run_cli("prune-compare", *SMOKE, *shrink, cwd=copy_of_smoke)
-    result = json.loads((copy_of_smoke / "tflite_out" / "prune_compare" / "prune_compare.json").read_text())
+    assert (project / "models" / "smoke.shrunk.pruned.keras").is_file()
+    run_cli("prune-compare", *SMOKE, *shrink, cwd=project)
+    result = json.loads((project / "tflite_out" / "prune_compare" / "prune_compare.json").read_text())
     labels = [r["model"] for r in result["rows"]]
     assert labels[:4] == ["unpruned", "magnitude (50%)", "structured (l1, 2 rounds)", "structured + magnitude"]
     assert [label.split("(")[1].rstrip(")") for label in labels[4:]] == ["l1", "l2", "mean_activation", "apoz", "taylor"]

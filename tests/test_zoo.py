@@ -13,7 +13,8 @@ VARIANTS = ["tiny", "plain_cnn_strided"]
 @pytest.mark.e2e
 def test_zoo_trains_every_variant_on_one_budget_and_writes_table_and_plot(tmp_path):
     project = new_project(tmp_path)
-    args = ("zoo", *SMOKE, "--set", f"zoo.variants=[{', '.join(VARIANTS)}]", "--set", "train.epochs=2")
+    args = ("zoo", *SMOKE, "--set", f"zoo.variants=[{', '.join(VARIANTS)}]", "--set", "train.epochs=2",
+            "--set", "data.limit_train=2000", "--set", "data.limit_test=500")
     run_cli(*args, cwd=project)
     out = project / "tflite_out" / "zoo"
     rows = json.loads((out / "zoo.json").read_text())["variants"]
