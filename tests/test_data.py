@@ -41,6 +41,20 @@ def test_reads_idx_files_and_splits(tmp_path, gz):
     assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (80, 20, 20)
 
 
+def test_idx_files_are_decoded_once_per_process_until_one_changes(tmp_path):
+    directory = write_fashion(tmp_path / "d")
+    first = fashion_mnist.read_directory(directory)
+    again = fashion_mnist.read_directory(directory)
+    assert again["x_train"] is first["x_train"]  # not decoded again
+    with pytest.raises(ValueError, match="read-only"):
+        first["x_train"][0, 0, 0] = 1  # so no caller can change what the next one gets
+    write_fashion(directory, n_train=70)
+    assert len(fashion_mnist.read_directory(directory)["x_train"]) == 70
+    (directory / "train-labels-idx1-ubyte.gz").write_bytes(b"damaged")
+    with pytest.raises(PipelineError, match="train-labels"):
+        fashion_mnist.read_directory(directory)
+
+
 def test_validation_split_is_deterministic_stratified_and_disjoint():
     x = np.arange(1000)[:, None]
     y = np.arange(1000) % 10

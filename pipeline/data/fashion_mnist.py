@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import PipelineError
+from .memo import read_once
 
 ENV_VAR = "FASHION_MNIST_DIR"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -65,12 +66,14 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def read_directory(directory: Path) -> dict[str, np.ndarray]:
-    arrays = {}
+    paths = {}
     for key, stem in FILES.items():
-        path = _find(directory, stem)
-        if path is None:
+        paths[key] = _find(directory, stem)
+        if paths[key] is None:
             raise PipelineError(f"{directory}: missing {stem}(.gz)")
-        arrays[key] = read_idx(path, IMAGES_MAGIC if key.startswith("x") else LABELS_MAGIC)
+    arrays = read_once("fashion_mnist", list(paths.values()), lambda: tuple(
+        read_idx(path, IMAGES_MAGIC if key.startswith("x") else LABELS_MAGIC) for key, path in paths.items()))
+    arrays = dict(zip(paths, arrays))
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(x) != len(y):

@@ -17,6 +17,7 @@ import numpy as np
 from ..core.artifacts import atomic_path
 from ..core.params import MULTIFASHION_TASKS
 from . import fingerprint
+from .memo import read_once
 
 TASKS = MULTIFASHION_TASKS
 CANVAS = 36
@@ -63,8 +64,10 @@ def load_multifashion(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: 
     path = cache_dir / f"{RECIPE}-seed{seed}-{key}.npz"
     if path.is_file():
         try:
-            with np.load(path) as cached:
-                return cached["x"], cached["y"], cached["x_test"], cached["y_test"]
+            def read():
+                with np.load(path) as cached:
+                    return cached["x"], cached["y"], cached["x_test"], cached["y_test"]
+            return read_once("multifashion", [path], read)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt below
     print(f"data: composing MultiFashion (seed {seed}) -> {path}", flush=True)
