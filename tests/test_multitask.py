@@ -204,6 +204,7 @@ def test_per_task_gates_fail_when_one_task_regresses_even_if_the_mean_improves()
 MULTI = ("--params", "configs/multifashion.yaml", "--set", "model.architecture=tiny", "--set", "data.limit_train=3000",
          "--set", "data.limit_test=600", "--set", "train.epochs=2", "--set", "train.batch_size=32",
          "--set", "prune.epochs=2", "--set", "prune.batch_size=32", "--set", "prune.min_weights=0",
+         "--set", "convert.representative_samples=100",
          "--set", "validate.latency_runs=20")  # the suite's floor (conftest): tiny models time in microseconds
 
 
