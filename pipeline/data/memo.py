@@ -16,7 +16,10 @@ _LAST: dict[str, tuple[tuple, object]] = {}  # one entry per kind of file: the l
 
 def read_once(kind: str, paths: list[Path], read: Callable[[], T]) -> T:
     """``read()``, or what it returned the last time for the same ``kind`` and unchanged ``paths``."""
-    state = tuple((str(p.resolve()), s.st_size, s.st_mtime_ns, s.st_ino) for p in paths for s in [p.stat()])
+    try:
+        state = tuple((str(p.resolve()), s.st_size, s.st_mtime_ns, s.st_ino) for p in paths for s in [p.stat()])
+    except OSError:  # gone or unreadable since it was found: ``read`` says so in its own words
+        return read()
     hit = _LAST.get(kind)
     if hit is not None and hit[0] == state:
         return hit[1]  # type: ignore[return-value]
