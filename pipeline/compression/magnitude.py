@@ -10,7 +10,8 @@ from ..core.framework import keras, tf, tfmot
 from ..core.params import PruneParams, TrainParams
 from ..data import Dataset
 from ..export.costs import layer_cost
-from ..training.fit import fit_target, seed_everything, split_dataset
+from ..training import distribute
+from ..training.fit import fit_target, seed_everything
 from ..training.resume import Diverged, divergence_hint, fit_resumable
 
 sparsity = tfmot.sparsity.keras
@@ -109,9 +110,12 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     sparsity, so the model never trades sparsity for accuracy. A multi-task model is fine-tuned with
     the task weighting of ``train_p`` and, if it has task towers, their soft-sharing penalty.
     """
+    strategy = distribute.start(train_p.distribute)
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / p.batch_size)
-    wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
+    feed = distribute.datasets(strategy, data, p.batch_size, seed, "prune.batch_size")
+    with strategy.scope():  # the wrapped copy's variables live under the strategy
+        wrapped = wrap_for_pruning(model, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
     if not pruned_layers(wrapped):
         raise PipelineError(f"prune: no layer of {model.name} can be pruned: none is a {', '.join(PRUNABLE)} layer "
                             f"with at least prune.min_weights ({p.min_weights:,}) kernel weights; lower "
@@ -121,10 +125,10 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
         print(f"prune: the sparsity ramp has {end - begin + 1} steps ({steps} a fine-tuning epoch), fewer than "
               f"prune.frequency ({p.frequency}): masks are updated every {frequency} steps instead", flush=True)
     hold = p.end_epoch * steps
-    target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
-    keep = fit_resumable(target, split_dataset(data, "train", p.batch_size, seed), split_dataset(data, "val"),
-                         p.epochs, state_dir, key,
+    with strategy.scope():
+        target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
+    keep = fit_resumable(target, feed, p.epochs, state_dir, key,
                          callbacks=[sparsity.UpdatePruningStep(), Diverged(
                              "pruning's fine-tuning", divergence_hint(data.tasks, "prune.learning_rate"))],
-                         first_best_epoch=p.end_epoch - 1)
-    return wrapped, sparsity.strip_pruning(wrapped), keep
+                         first_best_epoch=p.end_epoch - 1, strategy=strategy)
+    return wrapped, distribute.local_copy(sparsity.strip_pruning(wrapped), strategy), keep

@@ -161,6 +161,9 @@ class TrainParams:
     loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
     sharing_penalty: Literal["l2", "trace"] = "l2"
     sharing_coefficient: float = bounded(0.0, 0, 100)
+    # none | mirrored (this machine's GPUs, or its logical CPUs) | multi_worker (TF_CONFIG, `--workers N`);
+    # honoured by training and every fine-tuning. batch_size stays the global batch.
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
     def validate(self) -> None:
         for task, weight in self.task_weights.items():

@@ -24,6 +24,7 @@ from ..core.provenance import disagreements, stale_link
 from ..data import Dataset, load_dataset
 from ..data.stream import decode_errors
 from ..export.report import bound_params, flatten
+from ..training.distribute import is_chief
 from ..training.resume import backup_dir, finish
 
 
@@ -33,19 +34,24 @@ def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, d
     If ``out`` is current for the ``planned`` record (same inputs, params, code and versions), say so
     and do nothing. Otherwise ``work(state_dir)`` returns what to write (a Keras model, or bytes)
     and the metrics for its record; it may keep per-epoch resume state in ``state_dir``, which is
-    removed once the artefact and its record are on disk."""
+    removed once the artefact and its record are on disk. In a multi-worker run, only the chief writes."""
     stage = planned["stage"]
     if reuse_if_current(out, planned):
         print(f"{stage}: {out} is up to date (same inputs, params, code and versions); nothing to do", flush=True)
         return
     check_writable(out)
     state = backup_dir(out)
+    chief = is_chief()
     try:
         with decode_errors():  # an image that fails to decode while streaming: its one line
             made, metrics = work(state)
     except PipelineError:  # a refusal after the work (a divergence, a sparsity not reached): resuming would
-        finish(state)      # only meet it again; an interruption (Ctrl-C, SIGTERM) keeps the state to resume
+        if chief:          # only meet it again; an interruption (Ctrl-C, SIGTERM) keeps the state to resume
+            finish(state)
         raise
+    if not chief:  # a multi-worker fit's other workers: the chief writes the artefact
+        print(f"{stage}: this worker's part is done; the chief writes {out}", flush=True)
+        return
     record = {**planned, "metrics": metrics} if metrics is not None else planned
     if isinstance(made, bytes):
         save_with_record(out, lambda tmp: tmp.write_bytes(made), record)

@@ -10,6 +10,7 @@ from ..core.artifacts import derived, file_hash, make_record, pruned_path
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..export.costs import model_costs, totals
+from ..training import distribute
 from ..training.fit import split_accuracies
 from .base import load_parent, make, multitask_settings
 
@@ -22,6 +23,7 @@ TOLERANCE = 0.02  # how far the pruned layers' sparsity may end from the one ask
 
 def prune(params: Params, model_path: Path | None = None) -> Path:
     """Prune the trained model (or a user's ``model_path``); write ``models/<stem>.pruned.keras``."""
+    distribute.start(params.train.distribute)  # before TensorFlow runs anything
     source, model, data = load_parent(params, model_path, refuse=("prune",))
     if not params.prune.enabled:
         raise PipelineError("prune.enabled is false in these params: there is nothing to prune (set it to true, or "

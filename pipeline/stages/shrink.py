@@ -31,6 +31,7 @@ from ..core.tables import count, markdown_table, pct
 from ..data import Dataset
 from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
+from ..training import distribute
 from ..training.fit import split_accuracies
 from .base import load_parent, make, multitask_settings
 
@@ -41,17 +42,20 @@ def int8_latency(params: Params, data: Dataset):
     representative = representative_data(data, params.convert, params.seed)
     probe = dataclasses.replace(data, x_test=data.x_val[:8], y_test=data.y_val[:8])
 
-    def latency(model) -> float:
+    def timed(model) -> float:
         with tempfile.TemporaryDirectory(prefix="shrink-") as tmp:
             path = Path(tmp) / "m.int8.tflite"
             path.write_bytes(to_tflite(model, "int8", representative))
             return measure(path, probe, params.validate, threads=[1])["latency_ms"]["p50"]
 
-    return latency
+    # in a multi-worker run the chief times it alone and tells the others: the rounds' decisions must agree
+    strategy = distribute.start(params.train.distribute)
+    return lambda model: distribute.from_chief(strategy, lambda: timed(model))
 
 
 def shrink(params: Params, model_path: Path | None = None) -> Path:
     """Structured pruning of the trained model (or ``model_path``); writes ``models/<stem>.shrunk.keras``."""
+    distribute.start(params.train.distribute)  # before TensorFlow runs anything
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     out = derived(shrunk_path, source, params)
     stem = out.name.removesuffix(".shrunk.keras")
@@ -72,8 +76,9 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
         kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
         metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1),
                    "history": history}
-        write_text(pages[0], history_markdown(stem, s, history))
-        write_bytes(pages[1], history_png(history))
+        if distribute.is_chief():
+            write_text(pages[0], history_markdown(stem, s, history))
+            write_bytes(pages[1], history_png(history))
         kept_row = [h for h in history if h["within_budget"]][-1]
         print(f"shrink: kept round {kept_row['round']}: {kept_row['macs'] / history[0]['macs']:.0%} of the MACs, "
               f"p50 {kept_row['p50_ms']:.3f} ms (from {history[0]['p50_ms']:.3f}), test "

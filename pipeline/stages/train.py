@@ -12,7 +12,8 @@ from ..core.framework import keras
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..data import load_dataset
-from ..training.fit import fit_target, seed_everything, split_accuracies, split_dataset
+from ..training import distribute
+from ..training.fit import fit_target, seed_everything, split_accuracies
 from ..training.resume import Diverged, divergence_hint, fit_resumable
 from .base import fed, make
 
@@ -23,6 +24,7 @@ def train(params: Params) -> Path:
     if m.file:
         raise PipelineError(f"model.file names a ready-made model ({m.file}); there is nothing to train: the stages "
                             "after training start from it (unset model.file to train model.architecture)")
+    strategy = distribute.start(params.train.distribute)  # before TensorFlow runs anything
     data = load_dataset(params.data, params.seed)
     out = trained_path(params.name)
     seed_everything(params.seed)
@@ -38,15 +40,21 @@ def train(params: Params) -> Path:
     def work(state: Path):
         steps = math.ceil(len(data.x_train) / params.train.batch_size)
         rate = keras.optimizers.schedules.CosineDecay(params.train.learning_rate, steps * params.train.epochs)
-        target = fit_target(model, data, params.train, rate)
-        print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}", flush=True)
+        feed = distribute.datasets(strategy, data, params.train.batch_size, params.seed, "train.batch_size")
+        net = distribute.replica(model, strategy)
+        with strategy.scope():
+            target = fit_target(net, data, params.train, rate)
+        print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}, "
+              f"{distribute.describe(strategy)}", flush=True)
         start = time.perf_counter()
-        keep = fit_resumable(target, split_dataset(data, "train", params.train.batch_size, params.seed),
-                             split_dataset(data, "val"), params.train.epochs, state,
-                             planned["key"], [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))])
+        keep = fit_resumable(target, feed, params.train.epochs, state, planned["key"],
+                             [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))], strategy=strategy)
         fit = time.perf_counter() - start  # the epochs this process ran, each with its validation pass
+        if net is not model:
+            model.set_weights(net.get_weights())
         metrics = {"best_epoch": keep.best_epoch + 1, "fit_seconds": round(fit, 1),
                    "train_images_per_second": round(len(data.x_train) * keep.epochs_run / fit, 1),
+                   "replicas": strategy.num_replicas_in_sync, "workers": distribute.workers(),
                    **split_accuracies(model, data),
                    "train_seconds": round(time.perf_counter() - start, 1), "history": keep.history}
         print(f"train: best epoch {metrics['best_epoch']}, val {metrics['val_accuracy']:.4f}, "

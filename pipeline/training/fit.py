@@ -23,16 +23,28 @@ def seed_everything(seed: int) -> None:
 
 
 def as_dataset(x, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None,
-               contract: InputContract = RAW):
+               contract: InputContract = RAW, shard: tuple[int, int] = (1, 0), multiple: int = 1,
+               repeat: bool = False):
     """uint8 images -> a batched float32 tf.data pipeline, each pixel turned into the model's input by
     ``contract`` (the identity for the pipeline's own models: they rescale inside). Images not held in
     memory (:class:`~pipeline.data.stream.ImageFiles`) are streamed: their indices are shuffled (the
-    same order as an array's for the same seed) and decoded in parallel."""
+    same order as an array's for the same seed) and decoded in parallel. ``multiple`` leaves out the last
+    images of the (shuffled) order so that a multiple of it remain, and ``shard`` (count, index) keeps
+    one of ``count`` equal shards of them: both before anything is decoded. ``repeat`` repeats it
+    without end, shuffled anew each time (a distributed dataset is not re-iterated per epoch)."""
     streamed = isinstance(x, ImageFiles) and x.pixels is None
     items = np.arange(len(x)) if streamed else np.asarray(x)
     ds = tf.data.Dataset.from_tensor_slices(items if y is None else (items, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    count, index = shard
+    multiple = np.lcm(multiple, count)
+    if multiple > 1:
+        ds = ds.take(len(x) - len(x) % multiple)
+    if count > 1:
+        ds = ds.shard(count, index)
+    if repeat:
+        ds = ds.repeat()
     if streamed:  # fixed parallelism and buffers: tf.data's autotuning grows them with time, and memory with them
         ds = ds.map(x.tf_images if y is None else (lambda i, b: (x.tf_images(i), b)), num_parallel_calls=threads())
     scale, offset = tf.constant(contract.scale, tf.float32), tf.constant(contract.offset, tf.float32)
@@ -107,11 +119,14 @@ def split_accuracies(model, data: Dataset) -> dict:
     return metrics
 
 
-def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuffle_seed: int | None = None):
+def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuffle_seed: int | None = None,
+                  shard: tuple[int, int] = (1, 0), multiple: int = 1, repeat: bool = False):
     """One split of ``data`` ("train" or "val") as the batched (input, labels) pipeline fitting reads;
-    without ``batch_size``, in :func:`evaluation_batch` batches."""
+    without ``batch_size``, in :func:`evaluation_batch` batches; ``shard``, ``multiple`` and ``repeat`` as
+    in :func:`as_dataset`."""
     x, y = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val)}[split]
-    return as_dataset(x, data.labels(y), batch_size or evaluation_batch(x), shuffle_seed, data.contract)
+    return as_dataset(x, data.labels(y), batch_size or evaluation_batch(x), shuffle_seed, data.contract, shard, multiple,
+                      repeat)
 
 
 def fit_target(model, data: Dataset, p: TrainParams, rate):

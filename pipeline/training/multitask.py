@@ -86,8 +86,11 @@ class MultiTaskTrainer(keras.Model):
                                         trainable=True) if uncertainty else None
         self.groups = tower_groups(net, self.tasks) if penalty else []
         self.penalty_kind, self.coefficient = penalty, coefficient
-        self.ce = {t: keras.losses.SparseCategoricalCrossentropy(from_logits=bool((logits or {}).get(t)))
-                   for t in self.tasks}  # per task: on logits or on probabilities, as its output gives
+        # per task: on logits or on probabilities, as its output gives; per image, averaged in _objective
+        # (a Keras loss may not reduce over the batch itself under a distribution strategy)
+        self.ce = {t: keras.losses.SparseCategoricalCrossentropy(from_logits=bool((logits or {}).get(t)),
+                                                                 reduction=keras.losses.Reduction.NONE)
+                   for t in self.tasks}
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
         self.accuracies = {t: keras.metrics.SparseCategoricalAccuracy(name=f"{t}_accuracy") for t in self.tasks}
@@ -102,7 +105,7 @@ class MultiTaskTrainer(keras.Model):
         return trackers + [self.penalty_tracker] if self.groups else trackers
 
     def _objective(self, y, out):
-        losses = tf.stack([self.ce[t](y[t], out[t]) for t in self.tasks])
+        losses = tf.stack([tf.reduce_mean(self.ce[t](y[t], out[t])) for t in self.tasks])
         if self.log_vars is not None:
             total = tf.reduce_sum(tf.exp(-self.log_vars) * losses + self.log_vars)
         else:
@@ -125,7 +128,9 @@ class MultiTaskTrainer(keras.Model):
         with tf.GradientTape() as tape:
             out = self(x, training=True)
             loss, penalty = self._objective(y, out)
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+            # each replica's mean loss, divided by their number: the summed gradients are those of the global batch
+            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
         return self._logs(loss, penalty, y, out)
 
     def test_step(self, data):

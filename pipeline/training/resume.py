@@ -27,13 +27,14 @@ class KeepBest(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the best validation accuracy (never test accuracy),
     among epochs from ``first_epoch`` (0-based) on, and the logs of every epoch.
 
-    With ``state_dir`` the best weights and the logs are also written there after each epoch, and
-    read back when training starts, so a resumed fit keeps what the killed one had found.
+    With ``state_dir`` the best weights and the logs are also written there after each epoch (unless
+    ``write`` is false: a multi-worker fit's other workers only read them), and read back when
+    training starts, so a resumed fit keeps what the killed one had found.
     """
 
-    def __init__(self, first_epoch: int = 0, state_dir: Path | None = None):
+    def __init__(self, first_epoch: int = 0, state_dir: Path | None = None, write: bool = True):
         super().__init__()
-        self.first_epoch, self.state_dir = first_epoch, state_dir
+        self.first_epoch, self.state_dir, self.write = first_epoch, state_dir, write
         self.best, self.best_epoch, self.weights = -1.0, -1, None
         self.history: dict[str, list[float]] = {}
         self.epochs_run = 0  # by this process (a resumed fit ran fewer than its history holds)
@@ -57,7 +58,7 @@ class KeepBest(keras.callbacks.Callback):
         improved = epoch >= self.first_epoch and score > self.best
         if improved:
             self.best, self.best_epoch, self.weights = float(score), epoch, self.model.get_weights()
-        if self.state_dir is None:
+        if self.state_dir is None or not self.write:
             return
         if improved:
             with atomic_path(self.state_dir / "best_weights.npz") as tmp:
@@ -94,29 +95,38 @@ def divergence_hint(data_tasks: tuple[str, ...], rate_key: str) -> str:
     return f"Lower {', '.join(keys[:-1]) + ' or ' + keys[-1] if len(keys) > 1 else keys[0]}."
 
 
-def fit_resumable(model, train_ds, val_ds, epochs: int, state_dir: Path | None, key: str,
-                  callbacks=(), first_best_epoch: int = 0) -> KeepBest:
-    """``model.fit`` with Keras's BackupAndRestore and :class:`KeepBest`; returns the KeepBest.
+def fit_resumable(model, feed, epochs: int, state_dir: Path | None, key: str,
+                  callbacks=(), first_best_epoch: int = 0, strategy=None) -> KeepBest:
+    """``model.fit`` on ``feed`` (:class:`~pipeline.training.distribute.Feed`) with Keras's BackupAndRestore
+    and :class:`KeepBest`; returns the KeepBest.
 
     State left by a killed run with the same ``key`` (inputs, params, versions) is resumed from its
     last completed epoch; state with another key is discarded. Call :func:`finish` once the artefact
-    is saved.
+    is saved. Under a multi-worker ``strategy`` only the chief prepares and writes the state, and the
+    other workers wait for it before they read it (BackupAndRestore keeps their own checkpoints in
+    temporary folders of its own).
     """
+    from .distribute import barrier, is_chief
+
+    chief = is_chief()
     extra = []
     if state_dir is not None:
         key_file = state_dir / "key.json"
-        if state_dir.exists() and not (key_file.is_file() and read_json(key_file).get("key") == key):
-            shutil.rmtree(state_dir)
-        if state_dir.exists():
+        if chief:
+            if state_dir.exists() and not (key_file.is_file() and read_json(key_file).get("key") == key):
+                shutil.rmtree(state_dir)
+            resumed = state_dir.exists()
+            state_dir.mkdir(parents=True, exist_ok=True)
+            write_json(key_file, {"key": key})
+        if strategy is not None:
+            barrier(strategy)
+        if (chief and resumed) or (not chief and (state_dir / "keep_best.json").is_file()):
             done = len(read_json(state_dir / "keep_best.json")["history"].get("loss", [])) \
                 if (state_dir / "keep_best.json").is_file() else 0
             print(f"resuming from epoch {done + 1} of {epochs} (state in {state_dir})", flush=True)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_json(key_file, {"key": key})
         extra = [keras.callbacks.BackupAndRestore(str(state_dir / "keras"))]
-    keep = KeepBest(first_best_epoch, state_dir)
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[*callbacks, *extra, keep],
-              verbose=keras_verbosity())
+    keep = KeepBest(first_best_epoch, state_dir, write=chief)
+    feed.fit(model, epochs=epochs, callbacks=[*callbacks, *extra, keep], verbose=keras_verbosity())
     model.set_weights(keep.weights)
     return keep
 

@@ -9,7 +9,8 @@ import numpy as np
 from ...core.errors import PipelineError
 from ...core.framework import keras
 from ...export.costs import model_costs, totals
-from ...training.fit import accuracy, fit_target, seed_everything, split_dataset
+from ...training import distribute
+from ...training.fit import accuracy, fit_target, seed_everything
 from ...training.resume import Diverged, divergence_hint, keras_verbosity
 from .graph import ChannelGraph
 from .ranking import rank, refuse_ties
@@ -56,13 +57,18 @@ def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> t
 def finetune(model, data, s, train_p, seed: int) -> None:
     """``s.finetune_epochs`` of training at ``s.learning_rate`` decayed along a cosine (the task
     weighting and soft-sharing penalty of ``train_p`` apply to a multi-task model)."""
+    strategy = distribute.start(train_p.distribute)
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / s.batch_size)
-    target = fit_target(model, data, train_p, keras.optimizers.schedules.CosineDecay(
-        s.learning_rate, steps * s.finetune_epochs))
-    target.fit(split_dataset(data, "train", s.batch_size, seed), epochs=s.finetune_epochs,
-               verbose=keras_verbosity(),
-               callbacks=[Diverged("structured fine-tuning", divergence_hint(data.tasks, "structured.learning_rate"))])
+    feed = distribute.datasets(strategy, data, s.batch_size, seed, "structured.batch_size")
+    net = distribute.replica(model, strategy)
+    with strategy.scope():
+        target = fit_target(net, data, train_p, keras.optimizers.schedules.CosineDecay(
+            s.learning_rate, steps * s.finetune_epochs))
+    feed.fit(target, validate=False, epochs=s.finetune_epochs, verbose=keras_verbosity(),
+             callbacks=[Diverged("structured fine-tuning", divergence_hint(data.tasks, "structured.learning_rate"))])
+    if net is not model:
+        model.set_weights(net.get_weights())
 
 
 def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
