@@ -68,7 +68,7 @@ def stage_options(fn):
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
     @click.option("--verbose", is_flag=True, help="Also show TensorFlow's start-up lines and converter output.")
     @functools.wraps(fn)
-    def wrapper(params_file, overrides, debug, verbose, **kwargs):
+    def wrapper(params_file, overrides, debug, verbose, workers=None, **kwargs):
         from .core.runner import (
             Terminated,
             project_lock,
@@ -87,8 +87,11 @@ def stage_options(fn):
                     click.echo(f"warning: {fn.__name__.replace('_', '-')} does not read {clip(key, 60)}; "
                                "that --set has no effect here", err=True)
                 lock = contextlib.nullcontext() if fn.__name__ in READ_ONLY else project_lock()
-                with lock, decode_errors():
+                with lock as lock_fd, decode_errors():
                     sweep_leftovers()
+                    if workers is not None:
+                        return launch_workers(fn.__name__, params, workers, lock_fd, params_file=params_file,
+                                              overrides=overrides, debug=debug, verbose=verbose, **kwargs)
                     return fn(params=params, params_file=params_file, overrides=overrides, **kwargs)
         except PipelineError as exc:
             if debug:
@@ -103,6 +106,26 @@ def stage_options(fn):
             sys.exit(130)
 
     return wrapper
+
+
+WORKERS_OPTION = click.option("--workers", type=click.IntRange(1, 64), metavar="N",
+                              help="Run the stage as N local workers of one multi-worker run (needs "
+                                   "train.distribute: multi_worker); worker 0 writes the artefacts.")
+
+
+def launch_workers(command: str, params, workers: int, lock_fd: int, params_file, overrides, debug, verbose,
+                   model_path=None) -> None:
+    """``--workers N``: the same command, without ``--workers``, run by N local workers."""
+    from .core.launch import launch
+
+    if params.train.distribute != "multi_worker":
+        raise PipelineError(f"--workers {workers} runs a multi-worker fit, but train.distribute is "
+                            f"{params.train.distribute!r}: set it to multi_worker (in the config, or "
+                            "--set train.distribute=multi_worker)")
+    argv = [command, "--params", str(params_file), *(a for o in overrides for a in ("--set", o))]
+    argv += ["--model", str(model_path)] if model_path is not None else []
+    argv += ["--debug"] * debug + ["--verbose"] * verbose
+    launch(argv, workers, lock_fd)
 
 
 MODEL_OPTION = click.option("--model", "model_path", type=click.Path(path_type=Path),
@@ -131,6 +154,7 @@ def data(params, **_):
 
 
 @cli.command()
+@WORKERS_OPTION
 @stage_options
 def train(params, **_):
     """Train the architecture named in params; keep the best epoch by validation accuracy."""
@@ -140,6 +164,7 @@ def train(params, **_):
 
 
 @cli.command()
+@WORKERS_OPTION
 @MODEL_OPTION
 @stage_options
 def prune(params, model_path, **_):
@@ -150,6 +175,7 @@ def prune(params, model_path, **_):
 
 
 @cli.command()
+@WORKERS_OPTION
 @MODEL_OPTION
 @stage_options
 def shrink(params, model_path, **_):

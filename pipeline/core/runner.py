@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import PipelineError
+from .errors import PipelineError, clip
 
 LOCK_FILE = ".mobiledeploy.lock"
+SHARED_LOCK_ENV = "MOBILEDEPLOY_RUN_LOCK_FD"  # set by --workers for its workers: the lock they share
 CHILD_PREFIX = "mobiledeploy-litert-"  # temporary folders: <prefix><pid of the run>-<random>
 ALIVE = ".alive"  # inside such a folder: locked by its run while it lives
 PR_SET_PDEATHSIG = 1
@@ -39,9 +40,13 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def project_lock(folder: Path = Path(".")) -> Iterator[None]:
-    """Hold the project folder's lock for the block, or stop naming the run that holds it."""
+def project_lock(folder: Path = Path(".")) -> Iterator[int]:
+    """Hold the project folder's lock for the block (yielding its file descriptor), or stop naming the
+    run that holds it. A worker started by ``--workers`` shares its launcher's lock instead."""
     path = folder / LOCK_FILE
+    if SHARED_LOCK_ENV in os.environ:
+        yield shared_lock(path, os.environ[SHARED_LOCK_ENV])
+        return
     try:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -64,9 +69,26 @@ def project_lock(folder: Path = Path(".")) -> Iterator[None]:
         with contextlib.suppress(OSError):  # the PID is for the message above only
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)  # releases the lock
+
+
+def shared_lock(path: Path, text: str) -> int:
+    """The descriptor ``text`` names, inherited from the launcher of this worker, if it is this project's
+    lock file and holds its lock (taking a lock already held through the same open file succeeds, as
+    only the launcher and its workers share it); otherwise one line."""
+    refused = PipelineError(f"{SHARED_LOCK_ENV}={clip(text, 20)} does not hold the run lock of this project ({path}); "
+                            "it is set by `--workers` for the workers it starts: unset it")
+    try:
+        fd = int(text)
+        held, there = os.fstat(fd), os.lstat(path)
+        if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino) or not stat.S_ISREG(held.st_mode):
+            raise refused
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ValueError, OSError):
+        raise refused from None
+    return fd
 
 
 @contextlib.contextmanager

@@ -199,5 +199,6 @@ def describe(strategy) -> str:
     if not distributed(strategy):
         return "one device"
     n = workers()
-    return (f"{strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}"
+    kind = next(k for k, made in _made.items() if made is strategy)
+    return (f"{strategy.num_replicas_in_sync} replicas ({kind}"
             f"{f', {n} workers' if n > 1 else ''})")
