@@ -22,7 +22,13 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import pipeline  # noqa: E402,F401  (selects Keras 2 before anything imports TensorFlow)
+from pipeline.core.framework import tf  # noqa: E402
 from pipeline.data import Dataset, fingerprint  # noqa: E402
+
+# two logical CPU devices, for train.distribute: mirrored (one device unless a strategy asks for both);
+# possible only before TensorFlow initialises its devices
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
 
 ROOT = Path(__file__).resolve().parents[1]
 

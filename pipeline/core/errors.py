@@ -19,6 +19,11 @@ class PipelineError(Exception):
         super().__init__(one_line if len(one_line) <= MAX_MESSAGE else one_line[:MAX_MESSAGE - 1] + "…")
 
 
+class Interrupted(PipelineError):
+    """A stage cut short by something outside it (a worker of its multi-worker fit was lost): like
+    Ctrl-C, its resume state is kept, so the same command resumes."""
+
+
 def clip(text: str, limit: int = 60) -> str:
     """``text`` cut to ``limit`` characters."""
     return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -91,8 +91,6 @@ def launch(argv: list[str], workers: int, lock_fd: int) -> None:
         raise PipelineError("--workers starts a cluster of its own, but TF_CONFIG is set: this process is already a "
                             "worker of one (unset TF_CONFIG, or run the command without --workers)")
     configs = cluster_configs(free_ports(workers))
-    print(f"launching {workers} workers on localhost ({', '.join(json.loads(configs[0])['cluster']['worker'])}); "
-          "worker 0 is the chief and writes the artefacts", flush=True)
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []
     relays = []
@@ -106,6 +104,10 @@ def launch(argv: list[str], workers: int, lock_fd: int) -> None:
             relay = threading.Thread(target=_relay, args=(i, p.stdout, lock), daemon=True)
             relay.start()
             relays.append(relay)
+        addresses = json.loads(configs[0])["cluster"]["worker"]
+        print(f"{workers} workers: " + ", ".join(f"worker {i} at {a} (PID {p.pid})" for i, (a, p) in
+                                                 enumerate(zip(addresses, procs))) +
+              "; worker 0 is the chief and writes the artefacts", flush=True)
         _watch(procs)
     finally:
         _stop(procs)

@@ -17,7 +17,7 @@ from ..core.artifacts import (
     trained_source,
 )
 from ..core.contract import resolve
-from ..core.errors import PipelineError
+from ..core.errors import Interrupted, PipelineError
 from ..core.keras_io import check_fits_data, load_model, save_model
 from ..core.params import Params
 from ..core.provenance import disagreements, stale_link
@@ -45,9 +45,9 @@ def make(out: Path, planned: dict[str, Any], work: Callable[[Path], tuple[Any, d
     try:
         with decode_errors():  # an image that fails to decode while streaming: its one line
             made, metrics = work(state)
-    except PipelineError:  # a refusal after the work (a divergence, a sparsity not reached): resuming would
-        if chief:          # only meet it again; an interruption (Ctrl-C, SIGTERM) keeps the state to resume
-            finish(state)
+    except PipelineError as exc:  # a refusal after the work (a divergence, a sparsity not reached): resuming
+        if chief and not isinstance(exc, Interrupted):  # would only meet it again; an interruption (Ctrl-C,
+            finish(state)                               # SIGTERM, a lost worker) keeps the state to resume
         raise
     if not chief:  # a multi-worker fit's other workers: the chief writes the artefact
         print(f"{stage}: this worker's part is done; the chief writes {out}", flush=True)

@@ -8,8 +8,8 @@
 
 The configured batch size is the global batch: each of the N replicas gets ``batch / N`` images a
 step, and the gradients are summed over replicas of losses divided by N, so a step is the same step
-as on one device (up to float rounding, and batch normalisation, whose statistics are per replica as
-in Keras). The learning rate is not scaled.
+as on one device (up to float rounding; batch normalisation is synchronised across replicas during
+the fit, so its statistics are the global batch's too). The learning rate is not scaled.
 
 A fit runs on a replica of the model built under the strategy (:func:`replica`); the stage then goes on
 with a copy of its weights in a model of its own (:func:`local_copy`), so evaluating and saving never
@@ -22,7 +22,7 @@ import json
 import math
 import os
 
-from ..core.errors import PipelineError
+from ..core.errors import Interrupted, PipelineError, clip
 from ..core.framework import keras, tf
 
 KINDS = ("none", "mirrored", "multi_worker")
@@ -104,25 +104,34 @@ def is_chief() -> bool:
     return "chief" not in config["cluster"] and task["index"] == 0
 
 
-def _clone(model):
-    copy = keras.models.clone_model(model)
+def _clone(model, synchronized: bool):
+    """A copy of ``model`` with its weights, each batch normalisation synchronised across replicas or not."""
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = synchronized
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
 
 
 def replica(model, strategy):
     """What a fit under ``strategy`` trains: ``model`` itself under the default strategy, otherwise a
-    copy with its weights whose variables live under ``strategy`` (compile it in ``strategy.scope()``)."""
+    copy with its weights whose variables live under ``strategy`` (compile it in ``strategy.scope()``),
+    its batch normalisations synchronised: their statistics are the global batch's, as on one device."""
     if not distributed(strategy):
         return model
     with strategy.scope():
-        return _clone(model)
+        return _clone(model, synchronized=True)
 
 
 def local_copy(model, strategy):
-    """A model of its own with ``model``'s weights, outside any strategy (``model`` itself under the
-    default strategy): what is evaluated and saved after a distributed fit."""
-    return _clone(model) if distributed(strategy) else model
+    """A model of its own with ``model``'s weights, outside any strategy, with ordinary batch
+    normalisations (``model`` itself under the default strategy): what is evaluated and saved after a
+    distributed fit."""
+    return _clone(model, synchronized=False) if distributed(strategy) else model
 
 
 def from_chief(strategy, measure):
@@ -155,10 +164,19 @@ class Feed:
     steps: dict
 
     def fit(self, model, validate: bool = True, **kwargs):
-        """``model.fit`` on this feed (with a validation pass after each epoch, unless ``validate`` is false)."""
-        if not validate:
-            return model.fit(self.train, steps_per_epoch=self.steps.get("steps_per_epoch"), **kwargs)
-        return model.fit(self.train, validation_data=self.val, **self.steps, **kwargs)
+        """``model.fit`` on this feed (with a validation pass after each epoch, unless ``validate`` is
+        false). A collective op aborted because a peer worker is gone ends the fit with one line."""
+        try:
+            if not validate:
+                return model.fit(self.train, steps_per_epoch=self.steps.get("steps_per_epoch"), **kwargs)
+            return model.fit(self.train, validation_data=self.val, **self.steps, **kwargs)
+        except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError) as exc:
+            if workers() == 1:
+                raise
+            cause = next((line.strip() for line in str(exc).splitlines() if "aborted by" in line),
+                         type(exc).__name__)
+            raise Interrupted(f"a worker of this multi-worker fit is gone ({clip(cause, 120)}); the state of its last "
+                              "completed epoch is kept: run the same command again to resume") from None
 
 
 def datasets(strategy, data, batch_size: int, seed: int, key: str) -> Feed:

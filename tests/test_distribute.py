@@ -1,0 +1,147 @@
+"""train.distribute: a mirrored fit takes the same steps as one device; --workers N runs a multi-worker
+fit on localhost workers, which trains and prunes like one process, and survives losing a worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, fails_cleanly, new_project, run_cli, tiny_dataset
+from test_multitask import multi_data
+
+from pipeline import architectures
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import TrainParams
+from pipeline.training import distribute
+from pipeline.training.fit import fit_target, seed_everything
+
+
+def steps_taken(kind: str, data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The weights (by name) of the tiny architecture without dropout before and after an epoch at global
+    batch 32 under ``kind``."""
+    seed_everything(0)
+    model = architectures.build("tiny", data.input_shape, data.num_classes, width=4, dropout=0.0, tasks=data.tasks)
+    strategy = distribute.start(kind)
+    feed = distribute.datasets(strategy, data, 32, 0, "train.batch_size")
+    before = {w.name: w.numpy() for w in model.weights}
+    net = distribute.replica(model, strategy)
+    with strategy.scope():
+        target = fit_target(net, data, TrainParams(), 3e-3)
+    feed.fit(target, epochs=1, verbose=0)
+    return before, {w.name: w.numpy() for w in distribute.local_copy(net, strategy).weights}
+
+
+@pytest.mark.parametrize("data", [tiny_dataset(n=320), multi_data(n=320)], ids=["one task", "two tasks"])
+def test_mirrored_over_two_devices_takes_the_same_steps_as_one_device(data):
+    # 224 training images: 7 global batches of 32, each split 16 + 16 between the two logical CPUs;
+    # batch normalisation is synchronised, so both devices normalise with the global batch's statistics
+    start, alone = steps_taken("none", data)
+    assert distribute.start("mirrored").num_replicas_in_sync == 2
+    mirrored = steps_taken("mirrored", data)[1]
+    assert alone.keys() == mirrored.keys()
+    for name, value in alone.items():
+        if "moving_variance" in name:  # one device's fused kernel updates it with Bessel's n / (n - 1)
+            np.testing.assert_allclose(value, mirrored[name], rtol=0.01)
+        else:
+            np.testing.assert_allclose(value, mirrored[name], atol=2e-5, err_msg=name)
+    # the tolerance is far below what the steps changed
+    assert max(float(np.abs(start[name] - value).max()) for name, value in alone.items()) > 1e-2
+
+
+def test_a_global_batch_the_replicas_cannot_share_is_refused():
+    strategy = distribute.start("mirrored")
+    with pytest.raises(PipelineError, match=r"prune.batch_size 33 is the global batch: it must divide evenly among "
+                                            r"the 2 replicas \(try 32\)"):
+        distribute.datasets(strategy, tiny_dataset(), 33, 0, "prune.batch_size")
+    with pytest.raises(PipelineError, match="train.distribute: 'ring' is not one of none, mirrored, multi_worker"):
+        distribute.start("ring")
+
+
+MULTI_WORKER = """extends: smoke.yaml
+name: mw
+data:
+  limit_train: 1000
+model:
+  dropout: 0.0            # no dropout: the workers' steps are one process's steps, up to float rounding
+train:
+  epochs: 3
+  distribute: multi_worker
+"""
+MW = ("--params", "configs/mw.yaml")
+
+
+def multi_worker_project(tmp_path, name: str):
+    (tmp_path / name).mkdir()
+    project = new_project(tmp_path / name)
+    (project / "configs" / "mw.yaml").write_text(MULTI_WORKER)
+    return project
+
+
+def worker_pids(lines: list[str]) -> list[int]:
+    found = [line for line in lines if line.startswith("2 workers: ")]
+    return [int(pid) for pid in re.findall(r"\(PID (\d+)\)", found[0])] if found else []
+
+
+@pytest.mark.e2e
+def test_two_workers_survive_a_kill_train_like_one_process_and_prune(tmp_path):
+    project = multi_worker_project(tmp_path, "two")
+    launcher = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *MW, "--workers", "2"], cwd=project,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    for line in launcher.stdout:  # until the state of two of the three epochs is saved
+        lines.append(line)
+        if line.startswith("[worker 1] Epoch 3/3"):
+            break
+    pids = worker_pids(lines)
+    assert len(pids) == 2, "".join(lines)
+    os.kill(pids[1], signal.SIGKILL)
+    rest, err = launcher.communicate(timeout=120)  # the watchdog: nothing may wait for the dead peer for ever
+    assert launcher.returncode == 1, rest + err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: worker 1 was killed by SIGKILL; stopped worker 0; nothing was written; run the same command again "
+        "to resume from the last completed epoch"], err
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert not (project / "models" / "mw.keras").exists()
+
+    out = run_cli("train", *MW, "--workers", "2", cwd=project).stdout
+    assert "[worker 0] resuming from epoch 3 of 3" in out and "[worker 1] resuming from epoch 3 of 3" in out, out
+    assert "[worker 1] train: this worker's part is done; the chief writes models/mw.keras" in out
+    assert sorted(p.name for p in (project / "models").iterdir()) == ["mw.keras", "mw.keras.json"]  # no state left
+    two = json.loads((project / "models" / "mw.keras.json").read_text())["metrics"]
+    assert (two["replicas"], two["workers"]) == (2, 2)
+
+    one = multi_worker_project(tmp_path, "one")  # one process on one device, as one worker is
+    run_cli("train", *MW, "--set", "train.distribute=none", cwd=one)
+    alone = json.loads((one / "models" / "mw.keras.json").read_text())["metrics"]
+    assert abs(two["test_accuracy"] - alone["test_accuracy"]) <= 0.01, (two, alone)
+
+    run_cli("prune", *MW, "--workers", "2", cwd=project)
+    from pipeline.core.keras_io import load_model
+
+    pruned = load_model(project / "models" / "mw.pruned.keras")
+    layers = json.loads((project / "models" / "mw.pruned.keras.json").read_text())["metrics"]["layer_sparsity"]
+    kernels = np.concatenate([layer.get_weights()[0].ravel() for layer in pruned.layers if layer.name in layers])
+    assert float(np.mean(kernels == 0)) >= 0.48  # smoke.yaml asks for 0.5
+
+
+def test_workers_are_refused_without_multi_worker_and_inside_a_cluster(tmp_path, monkeypatch):
+    project = new_project(tmp_path)
+    fails_cleanly(run_cli("train", "--params", "configs/smoke.yaml", "--workers", "2", cwd=project, check=False),
+                  "--workers 2 runs a multi-worker fit, but train.distribute is 'none'")
+    (project / "configs" / "mw.yaml").write_text(MULTI_WORKER)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}')
+    fails_cleanly(run_cli("train", *MW, "--workers", "2", cwd=project, check=False), "TF_CONFIG is set")
+    monkeypatch.delenv("TF_CONFIG")
+    monkeypatch.setenv("MOBILEDEPLOY_RUN_LOCK_FD", "0")
+    fails_cleanly(run_cli("train", *MW, cwd=project, check=False),
+                  "MOBILEDEPLOY_RUN_LOCK_FD=0 does not hold the run lock of this project")
+    usage = run_cli("train", *MW, "--workers", "0", cwd=project, check=False)
+    assert usage.returncode == 2 and "Invalid value for '--workers': 0 is not in the range 1<=x<=64" in usage.stderr
