@@ -6,6 +6,9 @@
 PARAMS ?= params.yaml
 # MODEL=path/to/model.keras: your own ready-made model (params key model.file) instead of training one
 MODEL ?=
+# WORKERS=N: train, prune and shrink as N local workers of one multi-worker run (needs the config's
+# train.distribute: multi_worker; README, "Scaling out")
+WORKERS ?=
 PYTHON ?= python3
 # glibc's malloc keeps up to 8 arenas a core for TensorFlow's threads; 2 keep a streamed folder's
 # training at 1.24 GB instead of 1.52 (100,000 images, docs/streaming.md)
@@ -14,6 +17,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLI := $(PY) -m pipeline
 ARGS := --params $(PARAMS) $(if $(MODEL),--set 'model.file=$(MODEL)')
+FIT_ARGS := $(ARGS) $(if $(WORKERS),--workers $(WORKERS))
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
@@ -70,7 +74,7 @@ validate: $(REPORT)
 
 ifeq ($(TRAIN),yes)
 $(TRAINED): $(PARAM_FILES) | data
-	$(CLI) train $(ARGS)
+	$(CLI) train $(FIT_ARGS)
 else
 # model.file: your own ready-made model, which no stage makes
 $(TRAINED):
@@ -82,7 +86,7 @@ endif
 # prune.enabled: false leaves magnitude pruning out
 ifneq ($(PRUNED),)
 $(PRUNED): $(TRAINED) $(PARAM_FILES) | data
-	$(CLI) prune $(ARGS)
+	$(CLI) prune $(FIT_ARGS)
 endif
 
 $(TFLITE) &: $(TRAINED) $(PRUNED) $(PARAM_FILES)
@@ -114,7 +118,7 @@ mtl-compare: $(VENV_STAMP) | data
 
 # Structured pruning (channels removed in rounds) of the trained model -> models/<name>.shrunk.keras.
 shrink: $(TRAINED)
-	$(CLI) shrink $(ARGS)
+	$(CLI) shrink $(FIT_ARGS)
 
 # Each layer's validation accuracy with 10-75% of its channels removed, no retraining.
 sensitivity: $(TRAINED)

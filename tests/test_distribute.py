@@ -141,6 +141,11 @@ def test_workers_are_refused_without_multi_worker_and_inside_a_cluster(tmp_path,
     (project / "configs" / "mw.yaml").write_text(MULTI_WORKER)
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}')
     fails_cleanly(run_cli("train", *MW, "--workers", "2", cwd=project, check=False), "TF_CONFIG is set")
+    for hostile in ("not json", '{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}',
+                    '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}',
+                    '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 5}}'):
+        monkeypatch.setenv("TF_CONFIG", hostile)
+        fails_cleanly(run_cli("train", *MW, cwd=project, check=False), "TF_CONFIG is not a cluster")
     monkeypatch.delenv("TF_CONFIG")
     monkeypatch.setenv("MOBILEDEPLOY_RUN_LOCK_FD", "0")
     fails_cleanly(run_cli("train", *MW, cwd=project, check=False),

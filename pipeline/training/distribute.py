@@ -36,6 +36,8 @@ def start(kind: str):
         raise PipelineError(f"train.distribute: {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "none":
         return tf.distribute.get_strategy()
+    if kind == "multi_worker":
+        tf_config()  # a malformed TF_CONFIG gets its one line before TensorFlow reads it
     if kind not in _made:
         if set(_made) - {kind}:
             raise PipelineError(f"train.distribute {kind}: this process already trains with {next(iter(_made))}; "
@@ -52,7 +54,6 @@ def _mirrored():
 
 
 def _multi_worker():
-    tf_config()  # a malformed TF_CONFIG gets its one line before TensorFlow reads it
     options = tf.distribute.experimental.CommunicationOptions(implementation="RING")
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
