@@ -22,15 +22,15 @@ from pipeline.training import distribute
 from pipeline.training.fit import fit_target, seed_everything
 
 
-def steps_taken(kind: str, data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def steps_taken(kind: str, data, synchronized: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The weights (by name) of the tiny architecture without dropout before and after an epoch at global
-    batch 32 under ``kind``."""
+    batch 32 under ``kind``, batch normalisation ``synchronized`` across replicas or not."""
     seed_everything(0)
     model = architectures.build("tiny", data.input_shape, data.num_classes, width=4, dropout=0.0, tasks=data.tasks)
     strategy = distribute.start(kind)
     feed = distribute.datasets(strategy, data, 32, 0, "train.batch_size")
     before = {w.name: w.numpy() for w in model.weights}
-    net = distribute.replica(model, strategy)
+    net = distribute.replica(model, strategy, synchronized)
     with strategy.scope():
         target = fit_target(net, data, TrainParams(), 3e-3)
     feed.fit(target, epochs=1, verbose=0)
@@ -54,6 +54,10 @@ def test_mirrored_over_two_devices_takes_the_same_steps_as_one_device():
             np.testing.assert_allclose(value, mirrored[name], atol=2e-5, err_msg=name)
     # the tolerance is far below what the steps changed
     assert max(float(np.abs(start[name] - value).max()) for name, value in alone.items()) > 1e-2
+    # train.sync_batchnorm false: each device normalises with its own 16 images, and the steps differ
+    apart = steps_taken("mirrored", data, synchronized=False)[1]
+    assert max(float(np.abs(apart[name] - value).max()) for name, value in alone.items()
+               if "moving" not in name) > 1e-3
 
 
 def test_a_global_batch_the_replicas_cannot_share_is_refused():

@@ -41,7 +41,7 @@ def train(params: Params) -> Path:
         steps = math.ceil(len(data.x_train) / params.train.batch_size)
         rate = keras.optimizers.schedules.CosineDecay(params.train.learning_rate, steps * params.train.epochs)
         feed = distribute.datasets(strategy, data, params.train.batch_size, params.seed, "train.batch_size")
-        net = distribute.replica(model, strategy)
+        net = distribute.replica(model, strategy, params.train.sync_batchnorm)
         with strategy.scope():
             target = fit_target(net, data, params.train, rate)
         print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}, "

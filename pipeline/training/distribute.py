@@ -118,14 +118,16 @@ def _clone(model, synchronized: bool):
     return copy
 
 
-def replica(model, strategy):
+def replica(model, strategy, synchronized: bool = True):
     """What a fit under ``strategy`` trains: ``model`` itself under the default strategy, otherwise a
-    copy with its weights whose variables live under ``strategy`` (compile it in ``strategy.scope()``),
-    its batch normalisations synchronised: their statistics are the global batch's, as on one device."""
+    copy with its weights whose variables live under ``strategy`` (compile it in ``strategy.scope()``).
+    Its batch normalisations are ``synchronized`` (``train.sync_batchnorm``): their statistics are then
+    the global batch's, as on one device, at the price of two all-reduces per layer and step; otherwise
+    each replica normalises with its own part of the batch."""
     if not distributed(strategy):
         return model
     with strategy.scope():
-        return _clone(model, synchronized=True)
+        return _clone(model, synchronized=synchronized)
 
 
 def local_copy(model, strategy):

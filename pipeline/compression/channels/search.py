@@ -61,7 +61,7 @@ def finetune(model, data, s, train_p, seed: int) -> None:
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / s.batch_size)
     feed = distribute.datasets(strategy, data, s.batch_size, seed, "structured.batch_size")
-    net = distribute.replica(model, strategy)
+    net = distribute.replica(model, strategy, train_p.sync_batchnorm)
     with strategy.scope():
         target = fit_target(net, data, train_p, keras.optimizers.schedules.CosineDecay(
             s.learning_rate, steps * s.finetune_epochs))
