@@ -74,10 +74,11 @@ name: mw
 data:
   limit_train: 1000
 model:
-  dropout: 0.0            # no dropout: the workers' steps are one process's steps, up to float rounding
-train:
+  dropout: 0.0            # no dropout and batch normalisation over the global batch: the workers' steps
+train:                    # are one process's steps, up to float rounding
   epochs: 3
   distribute: multi_worker
+  sync_batchnorm: true
 """
 MW = ("--params", "configs/mw.yaml")
 

@@ -115,8 +115,8 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
     steps = math.ceil(len(data.x_train) / p.batch_size)
     feed = distribute.datasets(strategy, data, p.batch_size, seed, "prune.batch_size")
     with strategy.scope():  # the wrapped copy's variables live under the strategy
-        wrapped = wrap_for_pruning(distribute.replica(model, strategy, train_p.sync_batchnorm), make_schedule(p, steps), p.min_weights,
-                                   p.sparsity_m_by_n, p.policy)
+        net = distribute.replica(model, strategy, train_p.sync_batchnorm)
+        wrapped = wrap_for_pruning(net, make_schedule(p, steps), p.min_weights, p.sparsity_m_by_n, p.policy)
     if not pruned_layers(wrapped):
         raise PipelineError(f"prune: no layer of {model.name} can be pruned: none is a {', '.join(PRUNABLE)} layer "
                             f"with at least prune.min_weights ({p.min_weights:,}) kernel weights; lower "

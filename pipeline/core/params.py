@@ -164,8 +164,9 @@ class TrainParams:
     # none | mirrored (this machine's GPUs, or its logical CPUs) | multi_worker (TF_CONFIG, `--workers N`);
     # honoured by training and every fine-tuning. batch_size stays the global batch.
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
-    # with distribute: batch normalisation statistics over the global batch (true) or each replica's own
-    sync_batchnorm: bool = True
+    # with distribute: batch normalisation statistics over each replica's part of the batch (false, as
+    # Keras does) or over the global batch (true: as on one device, at the price of many more collectives)
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         for task, weight in self.task_weights.items():

@@ -8,8 +8,9 @@
 
 The configured batch size is the global batch: each of the N replicas gets ``batch / N`` images a
 step, and the gradients are summed over replicas of losses divided by N, so a step is the same step
-as on one device (up to float rounding; batch normalisation is synchronised across replicas during
-the fit, so its statistics are the global batch's too). The learning rate is not scaled.
+as on one device, up to float rounding and batch normalisation: each replica normalises with the
+statistics of its own part of the batch, unless ``train.sync_batchnorm`` synchronises them across
+replicas (then they are the global batch's, as on one device). The learning rate is not scaled.
 
 A fit runs on a replica of the model built under the strategy (:func:`replica`); the stage then goes on
 with a copy of its weights in a model of its own (:func:`local_copy`), so evaluating and saving never
@@ -118,7 +119,7 @@ def _clone(model, synchronized: bool):
     return copy
 
 
-def replica(model, strategy, synchronized: bool = True):
+def replica(model, strategy, synchronized: bool):
     """What a fit under ``strategy`` trains: ``model`` itself under the default strategy, otherwise a
     copy with its weights whose variables live under ``strategy`` (compile it in ``strategy.scope()``).
     Its batch normalisations are ``synchronized`` (``train.sync_batchnorm``): their statistics are then
