@@ -175,6 +175,19 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Random transformations of the training images, in training and every fine-tuning
+    (pipeline.training.augment); never of validation, test or calibration images."""
+    shift: int = bounded(0, 0, 64)  # up to this many pixels each way, zero-filled (0: off)
+    flip: bool = False  # mirror half of the images left to right
+    erase: float = bounded(0.0, 0, 1)  # probability of erasing a random rectangle
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift or self.flip or self.erase)
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneParams:
     enabled: bool = True  # false: no magnitude pruning; make all converts and gates the trained model alone
     schedule: Literal["polynomial_decay", "constant_sparsity"] = "polynomial_decay"
@@ -288,6 +301,7 @@ class Params:
     input: InputParams = InputParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    augment: AugmentParams = AugmentParams()
     prune: PruneParams = PruneParams()
     structured: StructuredParams = StructuredParams()
     convert: ConvertParams = ConvertParams()
@@ -306,6 +320,9 @@ class Params:
         tasks = self.data.tasks or (MULTIFASHION_TASKS if self.data.source == "multifashion" else [])
         if self.data.source == "manifest" and not self.data.tasks:
             tasks = list(self.train.task_weights)  # a manifest's columns are known once it is read
+        _check(not (self.augment.flip and self.data.source == "multifashion"), "augment.flip",
+               "multifashion's labels name places (top_left, bottom_right): a mirrored image would put the "
+               "top-left item on the right; leave flip off")
         for task in self.train.task_weights:
             _check(task in tasks, f"train.task_weights.{task}",
                    f"not a task of the data; its tasks: {', '.join(tasks)}" if tasks else

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.contract import RAW, InputContract
 from ..core.errors import PipelineError
-from ..core.params import DataParams
+from ..core.params import AugmentParams, DataParams
 
 # Fewest examples of each class (of each task) a split may hold; fewer is refused, naming the class.
 # A class absent from training cannot be learnt, and one absent from validation or test cannot be scored.
@@ -33,6 +33,7 @@ class Dataset:
     fingerprint: str
     tasks: tuple[str, ...] = ()  # multi-task: the label arrays have one column per task, in this order
     contract: InputContract = RAW  # how the pixels become the model's input (pipeline.core.contract)
+    augment: AugmentParams = AugmentParams()  # what the training split's batches get (pipeline.training.augment)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -50,6 +51,9 @@ class Dataset:
 
     def with_contract(self, contract: InputContract) -> "Dataset":
         return dataclasses.replace(self, contract=contract)
+
+    def with_augment(self, augment: AugmentParams) -> "Dataset":
+        return dataclasses.replace(self, augment=augment)
 
     def labels(self, y: np.ndarray) -> dict[str, np.ndarray] | np.ndarray:
         """Label arrays as Keras wants them: a dict keyed by task for a multi-task dataset."""

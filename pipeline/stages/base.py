@@ -108,8 +108,10 @@ def require_model_file(path: Path) -> Path:
 
 def fed(params: Params, model, data: Dataset, source: Path) -> Dataset:
     """``data`` with the input contract of ``model`` (loaded from ``source``): declared by ``input``
-    params, or the model's own leading Rescaling/Normalization layer; refused if neither says."""
-    return data.with_contract(resolve(params.input, model, str(source), data.input_shape[-1]))
+    params, or the model's own leading Rescaling/Normalization layer; refused if neither says. Its
+    training split is augmented as ``params.augment`` says, in training and every fine-tuning."""
+    return data.with_contract(resolve(params.input, model, str(source), data.input_shape[-1])).with_augment(
+        params.augment)
 
 
 def multitask_settings(params: Params, data: Dataset) -> dict:

@@ -29,7 +29,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
         raise PipelineError("prune.enabled is false in these params: there is nothing to prune (set it to true, or "
                             "leave this stage out)")
     out = derived(pruned_path, source, params)
-    used = {**params.subset("data", "input", "prune"), **multitask_settings(params, data)}
+    used = {**params.subset("data", "input", "augment", "prune"), **multitask_settings(params, data)}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
                                                        "revision": REVISION}, parent=str(source), dataset=data.source)
     p = params.prune

@@ -59,7 +59,7 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     out = derived(shrunk_path, source, params)
     stem = out.name.removesuffix(".shrunk.keras")
-    used = {**params.subset("data", "input", "structured"), "validate": params.section("validate"),
+    used = {**params.subset("data", "input", "augment", "structured"), "validate": params.section("validate"),
             **multitask_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)

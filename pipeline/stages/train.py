@@ -12,6 +12,7 @@ from ..core.framework import keras
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..data import load_dataset
+from ..training import augment as augmentation
 from ..training import distribute
 from ..training.fit import fit_target, seed_everything, split_accuracies
 from ..training.resume import Diverged, divergence_hint, fit_resumable
@@ -31,7 +32,7 @@ def train(params: Params) -> Path:
     model = architectures.build(m.architecture, data.input_shape, data.num_classes, width=m.width,
                                 dropout=m.dropout, options=m.options, tasks=data.tasks)
     data = fed(params, model, data, out)
-    used = params.subset("name", "data", "input", "model", "train")
+    used = params.subset("name", "data", "input", "model", "train", "augment")
     # the built network's own description is an input: a change to a builder retrains, like a params edit
     inputs = {"dataset": data.fingerprint, "architecture": text_hash(model.to_json())}
     planned = make_record("train", used, params.seed, inputs, dataset=data.source,
@@ -45,7 +46,7 @@ def train(params: Params) -> Path:
         with strategy.scope():
             target = fit_target(net, data, params.train, rate)
         print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}, "
-              f"{distribute.describe(strategy)}", flush=True)
+              f"{distribute.describe(strategy)}, augmentation: {augmentation.describe(params.augment)}", flush=True)
         start = time.perf_counter()
         keep = fit_resumable(target, feed, params.train.epochs, state, planned["key"],
                              [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))], strategy=strategy)

@@ -7,9 +7,10 @@ import numpy as np
 from ..core.contract import RAW, InputContract, logits_by_output
 from ..core.errors import PipelineError
 from ..core.framework import keras, tf
-from ..core.params import TrainParams
+from ..core.params import AugmentParams, TrainParams
 from ..data import Dataset
 from ..data.stream import ImageFiles, threads
+from . import augment as augmentation
 from .multitask import MultiTaskTrainer, tower_groups
 
 
@@ -24,14 +25,16 @@ def seed_everything(seed: int) -> None:
 
 def as_dataset(x, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None,
                contract: InputContract = RAW, shard: tuple[int, int] = (1, 0), multiple: int = 1,
-               repeat: bool = False):
+               repeat: bool = False, augment: AugmentParams = AugmentParams()):
     """uint8 images -> a batched float32 tf.data pipeline, each pixel turned into the model's input by
     ``contract`` (the identity for the pipeline's own models: they rescale inside). Images not held in
     memory (:class:`~pipeline.data.stream.ImageFiles`) are streamed: their indices are shuffled (the
     same order as an array's for the same seed) and decoded in parallel. ``multiple`` leaves out the last
     images of the (shuffled) order so that a multiple of it remain, and ``shard`` (count, index) keeps
     one of ``count`` equal shards of them: both before anything is decoded. ``repeat`` repeats it
-    without end, shuffled anew each time (a distributed dataset is not re-iterated per epoch)."""
+    without end, shuffled anew each time (a distributed dataset is not re-iterated per epoch). ``augment``
+    transforms each batch's pixels before the contract (:mod:`.augment`), seeded by ``shuffle_seed``
+    and the shard, anew each epoch."""
     streamed = isinstance(x, ImageFiles) and x.pixels is None
     items = np.arange(len(x)) if streamed else np.asarray(x)
     ds = tf.data.Dataset.from_tensor_slices(items if y is None else (items, y))
@@ -48,10 +51,21 @@ def as_dataset(x, y: np.ndarray | None, batch_size: int, shuffle_seed: int | Non
     if streamed:  # fixed parallelism and buffers: tf.data's autotuning grows them with time, and memory with them
         ds = ds.map(x.tf_images if y is None else (lambda i, b: (x.tf_images(i), b)), num_parallel_calls=threads())
     scale, offset = tf.constant(contract.scale, tf.float32), tf.constant(contract.offset, tf.float32)
-    to_input = (lambda a: tf.cast(a, tf.float32)) if contract.is_identity else \
-        (lambda a: tf.cast(a, tf.float32) * scale + offset)
-    step = to_input if y is None else (lambda a, b: (to_input(a), b))
-    ds = ds.batch(batch_size).map(step, num_parallel_calls=1 if streamed else tf.data.AUTOTUNE)
+
+    def to_input(a, seed=None):
+        a = tf.cast(a, tf.float32)
+        if seed is not None:
+            a = augmentation.images(a, augment, seed)
+        return a if contract.is_identity else a * scale + offset
+
+    ds = ds.batch(batch_size)
+    if augment.active and y is not None and shuffle_seed is not None:
+        augmentation.check(augment, x.shape[1:])
+        ds = augmentation.seeded(ds, shuffle_seed * 1024 + index)
+        step = lambda batch, seed: (to_input(batch[0], seed), batch[1])  # noqa: E731
+    else:
+        step = to_input if y is None else (lambda a, b: (to_input(a), b))
+    ds = ds.map(step, num_parallel_calls=1 if streamed else tf.data.AUTOTUNE)
     if streamed:
         options = tf.data.Options()
         options.autotune.enabled = False
@@ -123,10 +137,11 @@ def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuf
                   shard: tuple[int, int] = (1, 0), multiple: int = 1, repeat: bool = False):
     """One split of ``data`` ("train" or "val") as the batched (input, labels) pipeline fitting reads;
     without ``batch_size``, in :func:`evaluation_batch` batches; ``shard``, ``multiple`` and ``repeat`` as
-    in :func:`as_dataset`."""
+    in :func:`as_dataset`. The shuffled training split is augmented as ``data.augment`` says."""
     x, y = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val)}[split]
+    augment = data.augment if split == "train" else AugmentParams()
     return as_dataset(x, data.labels(y), batch_size or evaluation_batch(x), shuffle_seed, data.contract, shard, multiple,
-                      repeat)
+                      repeat, augment)
 
 
 def fit_target(model, data: Dataset, p: TrainParams, rate):
