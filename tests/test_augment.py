@@ -1,4 +1,5 @@
-"""augment: seeded random shifts, flips and erasing of training batches only, anew each epoch."""
+"""augment: seeded random shifts, flips and erasing of training batches only, anew each epoch; with the
+recipe keys, through training and fine-tuning."""
 
 from __future__ import annotations
 
@@ -92,10 +93,11 @@ def test_augmentation_that_cannot_hold_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.e2e
-def test_training_and_fine_tuning_augment_as_configured(tmp_path):
+def test_training_and_fine_tuning_augment_and_follow_the_recipe_keys(tmp_path):
     project = new_project(tmp_path)
-    small = ("--set", "data.limit_train=600", "--set", "train.epochs=1")
-    augment = ("--set", "augment.shift=2", "--set", "augment.flip=true", "--set", "augment.erase=0.5")
+    small = ("--set", "data.limit_train=600", "--set", "train.epochs=2", "--set", "train.warmup_epochs=1")
+    augment = ("--set", "augment.shift=2", "--set", "augment.flip=true", "--set", "augment.erase=0.5",
+               "--set", "train.label_smoothing=0.1", "--set", "train.weight_decay=0.0001")
     fails_cleanly(run_cli("train", *SMOKE, *small, "--set", "augment.shift=14", cwd=project, check=False),
                   "augment.shift 14: a shift must stay under half of the 28x28 images' smaller side")
     assert not (project / "models" / "smoke.keras").exists()
@@ -105,3 +107,7 @@ def test_training_and_fine_tuning_augment_as_configured(tmp_path):
     for artefact in ("smoke.keras", "smoke.pruned.keras"):
         record = json.loads((project / "models" / f"{artefact}.json").read_text())
         assert record["params"]["augment"] == {"shift": 2, "flip": True, "erase": 0.5}, artefact
+    trained = json.loads((project / "models" / "smoke.keras.json").read_text())
+    assert (trained["params"]["train"]["label_smoothing"], trained["params"]["train"]["weight_decay"]) == (0.1, 1e-4)
+    pruned = json.loads((project / "models" / "smoke.pruned.keras.json").read_text())
+    assert pruned["params"]["recipe"] == {"label_smoothing": 0.1, "weight_decay": 1e-4}

@@ -167,8 +167,14 @@ class TrainParams:
     # with distribute: batch normalisation statistics over each replica's part of the batch (false, as
     # Keras does) or over the global batch (true: as on one device, at the price of many more collectives)
     sync_batchnorm: bool = False
+    # recipes, in training and (but warm-up) every fine-tuning: pipeline.training.fit.compile_for_training
+    label_smoothing: float = bounded(0.0, 0, 0.5)  # share of each label spread evenly over all classes
+    weight_decay: float = bounded(0.0, 0, 1)  # AdamW's decoupled weight decay (0: Adam)
+    warmup_epochs: int = bounded(0, 0, 1000)  # the learning rate rises from 0 over these, then its cosine
 
     def validate(self) -> None:
+        _check(self.warmup_epochs < self.epochs, "train.warmup_epochs",
+               f"must be fewer than train.epochs ({self.epochs}), got {self.warmup_epochs}")
         for task, weight in self.task_weights.items():
             _check(isinstance(weight, (int, float)) and not isinstance(weight, bool),
                    f"train.task_weights.{clip(str(task), 40)}", f"must be a number, got {short(weight)}")

@@ -114,11 +114,12 @@ def fed(params: Params, model, data: Dataset, source: Path) -> Dataset:
         params.augment)
 
 
-def multitask_settings(params: Params, data: Dataset) -> dict:
-    """The training settings a fine-tuning stage uses on multi-task data (task weighting, soft-sharing
-    penalty), for its record and key; nothing for single-task data."""
-    if not data.tasks:
-        return {}
+def finetune_settings(params: Params, data: Dataset) -> dict:
+    """The ``train`` settings a fine-tuning stage uses, for its record and key: the recipe (label
+    smoothing, weight decay) and, on multi-task data, the task weighting and soft-sharing penalty."""
     t = params.train
-    return {"multitask": {"task_weights": t.task_weights, "loss_weighting": t.loss_weighting,
-                          "sharing_penalty": t.sharing_penalty, "sharing_coefficient": t.sharing_coefficient}}
+    settings = {"recipe": {"label_smoothing": t.label_smoothing, "weight_decay": t.weight_decay}}
+    if data.tasks:
+        settings["multitask"] = {"task_weights": t.task_weights, "loss_weighting": t.loss_weighting,
+                                 "sharing_penalty": t.sharing_penalty, "sharing_coefficient": t.sharing_coefficient}
+    return settings

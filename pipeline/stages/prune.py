@@ -12,7 +12,7 @@ from ..core.params import Params
 from ..export.costs import model_costs, totals
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import load_parent, make, multitask_settings
+from .base import load_parent, make, finetune_settings
 
 # Part of the stage's record key: raised when a fix changes what the same inputs and params produce, so
 # models pruned before it are redone (2: layers left dense kept their trained weights from then on; 3: the
@@ -29,7 +29,7 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
         raise PipelineError("prune.enabled is false in these params: there is nothing to prune (set it to true, or "
                             "leave this stage out)")
     out = derived(pruned_path, source, params)
-    used = {**params.subset("data", "input", "augment", "prune"), **multitask_settings(params, data)}
+    used = {**params.subset("data", "input", "augment", "prune"), **finetune_settings(params, data)}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
                                                        "revision": REVISION}, parent=str(source), dataset=data.source)
     p = params.prune

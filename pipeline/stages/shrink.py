@@ -33,7 +33,7 @@ from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import load_parent, make, multitask_settings
+from .base import load_parent, make, finetune_settings
 
 
 def int8_latency(params: Params, data: Dataset):
@@ -60,7 +60,7 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     out = derived(shrunk_path, source, params)
     stem = out.name.removesuffix(".shrunk.keras")
     used = {**params.subset("data", "input", "augment", "structured"), "validate": params.section("validate"),
-            **multitask_settings(params, data)}
+            **finetune_settings(params, data)}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     s = params.structured

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from .. import architectures
 from ..core.artifacts import make_record, text_hash, trained_path
-from ..core.framework import keras
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..data import load_dataset
 from ..training import augment as augmentation
 from ..training import distribute
 from ..training.fit import fit_target, seed_everything, split_accuracies
+from ..training.recipe import schedule
 from ..training.resume import Diverged, divergence_hint, fit_resumable
 from .base import fed, make
 
@@ -40,7 +40,7 @@ def train(params: Params) -> Path:
 
     def work(state: Path):
         steps = math.ceil(len(data.x_train) / params.train.batch_size)
-        rate = keras.optimizers.schedules.CosineDecay(params.train.learning_rate, steps * params.train.epochs)
+        rate = schedule(params.train, steps)
         feed = distribute.datasets(strategy, data, params.train.batch_size, params.seed, "train.batch_size")
         net = distribute.replica(model, strategy, params.train.sync_batchnorm)
         with strategy.scope():

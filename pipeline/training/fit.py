@@ -12,6 +12,7 @@ from ..data import Dataset
 from ..data.stream import ImageFiles, threads
 from . import augment as augmentation
 from .multitask import MultiTaskTrainer, tower_groups
+from .recipe import classification_loss, optimizer
 
 
 EVALUATION_VALUES = 1 << 22  # 500 Fashion-MNIST images; 151 RGB images of 96x96
@@ -87,11 +88,12 @@ def output_logits(model, data: Dataset) -> dict[str, bool]:
     return logits_by_output(by_output(model, model(data.contract.apply(data.x_train[:32]), training=False)))
 
 
-def compile_for_training(model, rate, from_logits: bool = False) -> None:
-    """Adam on sparse categorical cross-entropy (on logits or probabilities, as the model outputs);
-    ``rate`` is a number or a learning-rate schedule."""
-    model.compile(optimizer=keras.optimizers.Adam(rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
+def compile_for_training(model, rate, from_logits: bool = False, p: TrainParams = TrainParams()) -> None:
+    """Adam (or AdamW, :func:`optimizer`) on sparse categorical cross-entropy, on logits or
+    probabilities as the model outputs, label-smoothed by ``p.label_smoothing``; ``rate`` is a number
+    or a learning-rate schedule."""
+    model.compile(optimizer=optimizer(rate, p), loss=classification_loss(from_logits, p.label_smoothing),
+                  metrics=["accuracy"])
 
 
 def evaluation_batch(x) -> int:
@@ -145,8 +147,9 @@ def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuf
 
 
 def fit_target(model, data: Dataset, p: TrainParams, rate):
-    """What ``fit`` runs on, compiled with Adam at ``rate`` and a loss on logits or probabilities as the
-    model's outputs give (:func:`output_logits`): the model itself for one task, or a
+    """What ``fit`` runs on, compiled with Adam (AdamW) at ``rate`` and a loss on logits or probabilities
+    as the model's outputs give (:func:`output_logits`), label-smoothed as ``p`` says: the model itself
+    for one task, or a
     :class:`~pipeline.training.multitask.MultiTaskTrainer` around it (task weights, and the soft-sharing
     penalty if the model has a tower per task)."""
     unknown = sorted(set(p.task_weights) - set(data.tasks))
@@ -155,13 +158,13 @@ def fit_target(model, data: Dataset, p: TrainParams, rate):
                             f"{', '.join(data.tasks) or 'none (a single label)'}")
     logits = output_logits(model, data)
     if not data.tasks:
-        compile_for_training(model, rate, from_logits=next(iter(logits.values())))
+        compile_for_training(model, rate, next(iter(logits.values())), p)
         return model
 
     soft = bool(tower_groups(model, data.tasks))
     penalty = p.sharing_penalty if soft and p.sharing_coefficient > 0 else None
     trainer = MultiTaskTrainer(model, data.tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty,
-                               p.sharing_coefficient, logits)
-    trainer.compile(optimizer=keras.optimizers.Adam(rate))
+                               p.sharing_coefficient, logits, p.label_smoothing)
+    trainer.compile(optimizer=optimizer(rate, p))
     trainer(tf.zeros((1, *data.input_shape)))  # built before fit, so BackupAndRestore can restore its optimizer
     return trainer

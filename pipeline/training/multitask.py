@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..core.framework import keras, tf
+from .recipe import classification_loss
 
 PENALTIES = ("l2", "trace")
 
@@ -78,7 +79,8 @@ class MultiTaskTrainer(keras.Model):
     """
 
     def __init__(self, net, tasks, weights: dict[str, float] | None = None, uncertainty: bool = False,
-                 penalty: str | None = None, coefficient: float = 0.0, logits: dict[str, bool] | None = None):
+                 penalty: str | None = None, coefficient: float = 0.0, logits: dict[str, bool] | None = None,
+                 smoothing: float = 0.0):
         super().__init__(name="multitask_trainer")
         self.net, self.tasks = net, tuple(tasks)
         self.weights_by_task = [float((weights or {}).get(t, 1.0)) for t in self.tasks]
@@ -88,8 +90,7 @@ class MultiTaskTrainer(keras.Model):
         self.penalty_kind, self.coefficient = penalty, coefficient
         # per task: on logits or on probabilities, as its output gives; per image, averaged in _objective
         # (a Keras loss may not reduce over the batch itself under a distribution strategy)
-        self.ce = {t: keras.losses.SparseCategoricalCrossentropy(from_logits=bool((logits or {}).get(t)),
-                                                                 reduction=keras.losses.Reduction.NONE)
+        self.ce = {t: classification_loss(bool((logits or {}).get(t)), smoothing, keras.losses.Reduction.NONE)
                    for t in self.tasks}
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.penalty_tracker = keras.metrics.Mean(name="penalty")

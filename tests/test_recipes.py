@@ -1,0 +1,58 @@
+"""train recipes: label smoothing, AdamW weight decay on kernels only, warm-up before the cosine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from pipeline.core.framework import keras, tf
+from pipeline.core.params import ParamsError, TrainParams, load_params
+from pipeline.training.recipe import classification_loss, optimizer, schedule
+
+
+def test_label_smoothing_spreads_the_given_share_over_all_classes():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 2])
+    target = 0.9 * np.eye(3)[labels] + 0.1 / 3
+    expected = np.mean(-np.sum(target * np.log(probs), axis=1))
+    assert float(classification_loss(False, 0.1)(labels, probs)) == pytest.approx(expected, rel=1e-5)
+    logits = np.log(probs)
+    assert float(classification_loss(True, 0.1)(labels, logits)) == pytest.approx(expected, rel=1e-5)
+    plain = np.mean(-np.log(probs[[0, 1], labels]))
+    assert float(classification_loss(False, 0.0)(labels, probs)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_weight_decay_shrinks_kernels_and_leaves_biases_and_norms_alone():
+    dense, norm = keras.layers.Dense(2, bias_initializer="ones"), keras.layers.BatchNormalization()
+    dense.build((None, 3))
+    norm.build((None, 2))
+    variables = [dense.kernel, dense.bias, norm.gamma, norm.beta]
+    before = [v.numpy() for v in variables]
+    # zero gradients: Adam moves nothing, so what changes is the decay alone
+    optimizer(0.1, TrainParams(weight_decay=0.5)).apply_gradients(
+        zip([tf.zeros_like(v) for v in variables], variables))
+    np.testing.assert_allclose(dense.kernel.numpy(), before[0] * (1 - 0.1 * 0.5), rtol=1e-6)
+    for value, was in zip(variables[1:], before[1:]):
+        np.testing.assert_array_equal(value.numpy(), was)
+    assert isinstance(optimizer(0.1, TrainParams()), keras.optimizers.Adam)
+
+
+def test_warm_up_rises_from_zero_then_the_cosine_decays_to_zero():
+    rate = schedule(TrainParams(epochs=4, warmup_epochs=1, learning_rate=1e-3), steps_per_epoch=10)
+    values = [float(rate(step)) for step in (0, 5, 10, 25, 40)]
+    assert values[:3] == pytest.approx([0.0, 5e-4, 1e-3], abs=1e-9)
+    assert values[3] == pytest.approx(5e-4, rel=1e-3)  # half way down the cosine
+    assert values[4] == pytest.approx(0.0, abs=1e-9)
+    plain = schedule(TrainParams(epochs=4, learning_rate=1e-3), steps_per_epoch=10)
+    assert float(plain(0)) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.warmup_epochs=12", "train.warmup_epochs: must be fewer than train.epochs (12), got 12"),
+    ("train.label_smoothing=0.7", "train.label_smoothing"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+])
+def test_recipe_keys_that_cannot_work_are_refused(override, message):
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_params(ROOT / "params.yaml", [override])
