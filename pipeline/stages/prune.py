@@ -12,7 +12,7 @@ from ..core.params import Params
 from ..export.costs import model_costs, totals
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import load_parent, make, finetune_settings
+from .base import finetune_settings, load_parent, make
 
 # Part of the stage's record key: raised when a fix changes what the same inputs and params produce, so
 # models pruned before it are redone (2: layers left dense kept their trained weights from then on; 3: the

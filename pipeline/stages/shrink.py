@@ -33,7 +33,7 @@ from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import load_parent, make, finetune_settings
+from .base import finetune_settings, load_parent, make
 
 
 def int8_latency(params: Params, data: Dataset):
