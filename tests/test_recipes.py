@@ -27,7 +27,8 @@ def test_weight_decay_shrinks_kernels_and_leaves_biases_and_norms_alone():
     dense, norm = keras.layers.Dense(2, bias_initializer="ones"), keras.layers.BatchNormalization()
     dense.build((None, 3))
     norm.build((None, 2))
-    variables = [dense.kernel, dense.bias, norm.gamma, norm.beta]
+    log_vars = tf.Variable(np.ones(2, np.float32), name="log_vars")  # the multi-task trainer's learned weights
+    variables = [dense.kernel, dense.bias, norm.gamma, norm.beta, log_vars]
     before = [v.numpy() for v in variables]
     # zero gradients: Adam moves nothing, so what changes is the decay alone
     optimizer(0.1, TrainParams(weight_decay=0.5)).apply_gradients(

@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 
-NOT_DECAYED = ["bias", "gamma", "beta"]  # weight decay shrinks kernels, not offsets and normalisation scales
+# weight decay shrinks kernels, not offsets, normalisation scales or the learned task weights (log_vars)
+NOT_DECAYED = ["bias", "gamma", "beta", "log_vars"]
 
 
 class SmoothedCrossentropy(keras.losses.Loss):
