@@ -33,6 +33,28 @@ def test_zoo_trains_every_variant_on_one_budget_and_writes_table_and_plot(tmp_pa
     assert again.stdout.count("is up to date") == 2 * len(VARIANTS)  # trained model and int8 file, per variant
 
 
+@pytest.mark.e2e
+def test_a_study_over_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
+    project = new_project(tmp_path)
+    run_cli("zoo", *SMOKE, "--set", "zoo.variants=[tiny]", "--set", "studies.seeds=[1, 2]", "--set", "train.epochs=1",
+            "--set", "data.limit_train=1000", "--set", "data.limit_test=300", cwd=project)
+    out = project / "tflite_out" / "zoo"
+    (row,) = json.loads((out / "zoo.json").read_text())["variants"]
+    assert row["seeds"] == [1, 2] and [r["seed"] for r in row["runs"]] == [1, 2]
+    runs = [r["tasks"]["label"] for r in row["runs"]]
+    for key in ("float_accuracy", "int8_accuracy", "gap"):
+        values = [r[key] for r in runs]
+        assert row[key] == pytest.approx(sum(values) / 2, abs=1e-5)
+        assert row[f"{key}_sd"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-5)
+    assert runs[0]["float_accuracy"] != runs[1]["float_accuracy"]  # two seeds, two trainings
+    for seed in (1, 2):
+        assert (project / "models" / f"zoo_tiny_s{seed}.keras").is_file() and (out / f"tiny_s{seed}.int8.tflite").is_file()
+    table = (out / "zoo.md").read_text()
+    assert "seeds (1, 2)" in table and f"{100 * row['int8_accuracy']:.2f} ± {100 * row['int8_accuracy_sd']:.2f}" in table
+    fails_cleanly(run_cli("zoo", *SMOKE, "--set", "studies.seeds=[1, 1]", cwd=project, check=False),
+                  "studies.seeds: names a seed twice")
+
+
 def test_pictures_draw_the_first_filters_and_one_feature_map_row_per_stage(copy_of_smoke):
     run_cli("pictures", *SMOKE, "--image", "3", cwd=copy_of_smoke)
     folder = copy_of_smoke / "tflite_out" / "pictures"

@@ -300,6 +300,16 @@ class ZooParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class StudiesParams:
+    """What the comparisons (zoo, mtl-compare) repeat: each variant once per seed (pipeline.studies.variants)."""
+    seeds: list[int] = bounded(None, 0, 2**31 - 1, factory=list)  # empty: `seed` alone
+
+    def validate(self) -> None:
+        _check(len(self.seeds) <= 10, "studies.seeds", f"at most 10 seeds, got {len(self.seeds)}")
+        _check(len(set(self.seeds)) == len(self.seeds), "studies.seeds", "names a seed twice")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     name: str = "fmnist_cnn"
     seed: int = bounded(42, 0, 2**31 - 1)
@@ -314,6 +324,7 @@ class Params:
     validate: ValidateParams = ValidateParams()
     check: CheckParams = CheckParams()
     zoo: ZooParams = ZooParams()
+    studies: StudiesParams = StudiesParams()
 
     def check_all(self) -> None:
         _check(0 < len(self.name) <= MAX_NAME and all(c.isascii() and (c.isalnum() or c in "_-") for c in self.name),

@@ -11,6 +11,13 @@ def pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
+def pct_sd(stats: dict, key: str) -> str:
+    """``stats[key]`` as :func:`pct`, followed by "± sd" when ``stats`` holds its standard deviation
+    (``<key>_sd``, over the seeds of a study)."""
+    spread = stats.get(f"{key}_sd")
+    return pct(stats[key]) if spread is None else f"{pct(stats[key])} ± {pct(spread)}"
+
+
 def count(value: int | None) -> str:
     """An integer with thousands separators; "-" for nothing."""
     return "-" if value is None else f"{value:,}"

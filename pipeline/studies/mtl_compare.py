@@ -15,9 +15,9 @@ from ..core.artifacts import OUT_DIR, write_bytes, write_json, write_text
 from ..core.errors import PipelineError
 from ..core.params import Params
 from ..core.plots import scatter_png
-from ..core.tables import count, markdown_table, pct
+from ..core.tables import count, markdown_table, pct_sd
 from ..data import load_dataset
-from .variants import measure_variants
+from .variants import measure_variants, seeds_text
 
 MTL_DIR = OUT_DIR / "mtl"
 SINGLES = "single tasks together"
@@ -52,8 +52,8 @@ def mtl_compare(params: Params, out_dir: Path = MTL_DIR) -> Path:
     together = {"variant": SINGLES, **{k: sum(r[k] for r in singles) for k in
                                        ("params", "macs", "int8_bytes", "int8_gzip_bytes", "p50_ms")},
                 "tasks": {t: r["tasks"][t] for r in singles for t in r["tasks"]}}
-    result = {"tasks": list(tasks), "epochs": params.train.epochs, "sharing_coefficient":
-              params.train.sharing_coefficient, "latency_runs": params.validate.latency_runs,
+    result = {"tasks": list(tasks), "epochs": params.train.epochs, "seeds": params.studies.seeds,
+              "sharing_coefficient": params.train.sharing_coefficient, "latency_runs": params.validate.latency_runs,
               "variants": rows, "single_tasks_together": together}
     write_json(out_dir / "mtl.json", result)
     write_text(out_dir / "mtl.md", markdown(result))
@@ -64,15 +64,15 @@ def mtl_compare(params: Params, out_dir: Path = MTL_DIR) -> Path:
 
 def _cell(row: dict, task: str, key: str) -> str:
     found = row["tasks"].get(task)
-    return "-" if found is None else pct(found[key])
+    return "-" if found is None else pct_sd(found, key)
 
 
 def markdown(result: dict) -> str:
     tasks = result["tasks"]
     lines = [f"# Multi-task comparison\n\nEvery variant trained for {result['epochs']} epochs with the same data, "
-             f"optimiser and seed; soft-sharing coefficient {result['sharing_coefficient']}. Accuracy in % on "
-             "the test set; gap: train minus validation accuracy of the kept epoch. Latency: int8, one image, "
-             f"1 thread, median of {result['latency_runs']} runs.\n"]
+             f"optimiser and {seeds_text(result.get('seeds'))}; soft-sharing coefficient "
+             f"{result['sharing_coefficient']}. Accuracy in % on the test set; gap: train minus validation accuracy "
+             f"of the kept epoch. Latency: int8, one image, 1 thread, median of {result['latency_runs']} runs.\n"]
     header = ["variant", "params", "MACs"] + [c for t in tasks for c in (f"{t} float / int8", f"{t} gap")] + \
         ["int8 bytes", "p50 ms"]
     rows = [[r["variant"], count(r["params"]), f"{r['macs'] / 1e6:.2f}M"] +

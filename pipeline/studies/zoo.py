@@ -14,11 +14,10 @@ from ..architectures import resolve
 from ..core.artifacts import OUT_DIR, write_bytes, write_json, write_text
 from ..core.params import Params
 from ..core.plots import scatter_png
-from ..core.tables import count, markdown_table, pct
-from .variants import measure_variants
+from ..core.tables import count, markdown_table, pct_sd
+from .variants import ACCURACIES, measure_variants, seeds_text
 
 ZOO_DIR = OUT_DIR / "zoo"
-ACCURACIES = ("float_accuracy", "int8_accuracy", "train_accuracy", "val_accuracy", "gap")
 
 
 def variant_params(params: Params, variant: str) -> Params:
@@ -35,11 +34,12 @@ def zoo(params: Params, out_dir: Path = ZOO_DIR) -> Path:
         hp = resolve(row["variant"])
         # the headline numbers are means over the tasks (one task: its own); each task's stay under "tasks"
         per_task = list(row["tasks"].values())
-        mean = {key: per_task[0][key] if len(per_task) == 1 else round(sum(t[key] for t in per_task) / len(per_task), 5)
-                for key in ACCURACIES}
+        mean = dict(per_task[0]) if len(per_task) == 1 else \
+            {key: round(sum(t[key] for t in per_task) / len(per_task), 5) for key in ACCURACIES}
         rows.append({**row, "block": hp["block"], "pooling": hp["pooling"], "width": hp["width"], **mean})
     tasks = list(rows[0]["tasks"]) if rows else []
-    result = {"epochs": params.train.epochs, "latency_runs": params.validate.latency_runs,
+    result = {"epochs": params.train.epochs, "seeds": params.studies.seeds,
+              "latency_runs": params.validate.latency_runs,
               "tasks": tasks if len(tasks) > 1 else [], "variants": rows}
     write_json(out_dir / "zoo.json", result)
     write_text(out_dir / "zoo.md", markdown(result))
@@ -57,11 +57,12 @@ def markdown(result: dict) -> str:
     tasks = result.get("tasks") or []
 
     def acc(r: dict, key: str) -> str:  # per task, side by side, for a multi-task zoo
-        return " / ".join(pct(r["tasks"][t][key]) for t in tasks) if tasks else pct(r[key])
+        return " / ".join(pct_sd(r["tasks"][t], key) for t in tasks) if tasks else pct_sd(r, key)
 
     per_task = f" For each task ({' / '.join(tasks)}), side by side." if tasks else ""
     intro = (f"# Architecture comparison\n\nEvery variant trained for {result['epochs']} epochs with the same "
-             "data, optimiser and seed. Accuracy in % on the test set." + per_task + " Latency: int8, one image, "
+             f"data, optimiser and {seeds_text(result.get('seeds'))}. Accuracy in % on the test set." + per_task +
+             " Latency: int8, one image, "
              f"1 thread, median of {result['latency_runs']} runs. Gap: train minus validation accuracy of the kept "
              "epoch.\n\n")
     rows = [[r["variant"], r["block"], r["pooling"] if isinstance(r["pooling"], str) else "/".join(r["pooling"]),
