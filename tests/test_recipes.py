@@ -24,7 +24,9 @@ def test_label_smoothing_spreads_the_given_share_over_all_classes():
 
 
 def test_weight_decay_shrinks_kernels_and_leaves_biases_and_norms_alone():
-    dense, norm = keras.layers.Dense(2, bias_initializer="ones"), keras.layers.BatchNormalization()
+    # layers whose names hold the excluded words: only the variables so named are left alone
+    dense = keras.layers.Dense(2, bias_initializer="ones", name="beta_gamma_bias")
+    norm = keras.layers.BatchNormalization(name="bias_norm")
     dense.build((None, 3))
     norm.build((None, 2))
     log_vars = tf.Variable(np.ones(2, np.float32), name="log_vars")  # the multi-task trainer's learned weights

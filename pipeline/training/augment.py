@@ -26,8 +26,8 @@ ERASE_ASPECT = (0.3, 1 / 0.3)  # its height / width
 
 def describe(p: AugmentParams) -> str:
     """``p`` in a few words for a stage's log line: "shift 2, flip, erase 0.5", or "none"."""
-    parts = [f"shift {p.shift}"] * bool(p.shift) + ["flip"] * p.flip + [f"erase {p.erase:g}"] * bool(p.erase)
-    return ", ".join(parts) or "none"
+    parts = [f"shift {p.shift}" if p.shift else "", "flip" if p.flip else "", f"erase {p.erase:g}" if p.erase else ""]
+    return ", ".join(part for part in parts if part) or "none"
 
 
 def check(p: AugmentParams, image_shape: tuple[int, ...]) -> None:

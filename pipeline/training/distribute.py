@@ -123,7 +123,7 @@ def replica(model, strategy, synchronized: bool):
     """What a fit under ``strategy`` trains: ``model`` itself under the default strategy, otherwise a
     copy with its weights whose variables live under ``strategy`` (compile it in ``strategy.scope()``).
     Its batch normalisations are ``synchronized`` (``train.sync_batchnorm``): their statistics are then
-    the global batch's, as on one device, at the price of two all-reduces per layer and step; otherwise
+    the global batch's, as on one device, at the price of five all-reduces per layer and step (three forward, two backward); otherwise
     each replica normalises with its own part of the batch."""
     if not distributed(strategy):
         return model

@@ -6,8 +6,9 @@ from __future__ import annotations
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
 
-# weight decay shrinks kernels, not offsets, normalisation scales or the learned task weights (log_vars)
-NOT_DECAYED = ["bias", "gamma", "beta", "log_vars"]
+# weight decay shrinks kernels, not offsets, normalisation scales or the learned task weights: variables
+# named so whatever the layer is called (AdamW searches these patterns in each variable's name)
+NOT_DECAYED = [r"(^|/)(bias|gamma|beta|log_vars)(:\d+)?$"]
 
 
 class SmoothedCrossentropy(keras.losses.Loss):
