@@ -21,7 +21,7 @@ FIT_ARGS := $(ARGS) $(if $(WORKERS),--workers $(WORKERS))
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all train prune convert validate check gates zoo mtl-compare shrink sensitivity prune-compare pictures \
+.PHONY: all train prune convert validate check gates zoo mtl-compare recipe-compare shrink sensitivity prune-compare pictures \
         samples test test-fast bad-input-table diff data debian-dataset clean help lock
 .DELETE_ON_ERROR:
 
@@ -29,7 +29,7 @@ all: check
 
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: all train prune convert validate check gates diff zoo mtl-compare shrink sensitivity prune-compare"
+	@echo "targets: all train prune convert validate check gates diff zoo mtl-compare recipe-compare shrink sensitivity prune-compare"
 	@echo "         pictures samples test test-fast bad-input-table diff data clean lock"
 
 $(VENV_STAMP): pyproject.toml requirements.lock
@@ -116,6 +116,11 @@ zoo: $(VENV_STAMP) | data
 mtl-compare: $(VENV_STAMP) | data
 	$(CLI) mtl-compare $(ARGS)
 
+# The same student plain, with the config's augmentation, its teacher, and both; in tflite_out/recipes/.
+# Run with PARAMS=configs/tiny.yaml (or any config that sets augment and distill.teacher).
+recipe-compare: $(VENV_STAMP) | data
+	$(CLI) recipe-compare $(ARGS)
+
 # Structured pruning (channels removed in rounds) of the trained model -> models/<name>.shrunk.keras.
 shrink: $(TRAINED)
 	$(CLI) shrink $(FIT_ARGS)
@@ -150,4 +155,4 @@ bad-input-table: test
 
 clean:
 	rm -rf $(BUILD) models/*.keras models/*.json models/user tflite_out/*.tflite tflite_out/*.json tflite_out/*.md tflite_out/user \
-	  tflite_out/zoo tflite_out/mtl tflite_out/pictures tflite_out/prune_compare tflite_out/*.png
+	  tflite_out/zoo tflite_out/mtl tflite_out/recipes tflite_out/pictures tflite_out/prune_compare tflite_out/*.png

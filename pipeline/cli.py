@@ -20,7 +20,7 @@ READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
 # The params each command reads (a section, or one key). A --set outside them has no effect there: a
 # warning, so that an experiment is never believed to have changed something it did not. The stages
 # read the sections of the stages before them too: they check that their inputs were made with them.
-CHAIN = ("name", "seed", "data", "input", "model", "train")
+CHAIN = ("name", "seed", "data", "input", "model", "train", "augment", "distill")
 READS = {
     "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "prune"),
     "shrink": (*CHAIN, "structured", "convert.representative_samples", "validate"),
@@ -28,8 +28,9 @@ READS = {
     "validate": (*CHAIN, "prune", "convert", "validate"), "check": (*CHAIN, "prune", "convert", "validate", "check"),
     "summary": ("seed", "data", "model"), "samples": ("seed", "data"), "pictures": ("name", "seed", "data"),
     "prune_compare": (*CHAIN, "prune", "structured", "convert", "validate"),
-    "zoo": ("seed", "data", "model.dropout", "train", "convert", "validate", "zoo"),
-    "mtl_compare": (*CHAIN, "convert", "validate"),
+    "zoo": ("seed", "data", "model.dropout", "train", "augment", "distill", "convert", "validate", "zoo", "studies"),
+    "mtl_compare": (*CHAIN, "convert", "validate", "studies"),
+    "recipe_compare": (*CHAIN, "convert", "validate", "studies"),
 }
 # Keys a study sets itself, per variant: a --set of one of them is refused, since it would be overwritten.
 OVERRIDDEN = {
@@ -387,6 +388,15 @@ def zoo(params, **_):
 def mtl_compare(params, **_):
     """Single-task baselines, hard and soft sharing (L2, trace norm), uncertainty weighting: one table."""
     from .studies.mtl_compare import mtl_compare as run
+
+    run(params)
+
+
+@cli.command("recipe-compare")
+@stage_options
+def recipe_compare(params, **_):
+    """The same student trained plain, with the config's augmentation, its teacher, and both: one table."""
+    from .studies.recipe_compare import recipe_compare as run
 
     run(params)
 

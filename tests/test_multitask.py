@@ -17,12 +17,8 @@ from pipeline.export import litert
 from pipeline.export.tflite import representative_data, to_tflite
 from pipeline.stages.check import gates_from_report, violations
 from pipeline.training.fit import predict_labels
-from pipeline.training.multitask import (
-    MultiTaskTrainer,
-    sharing_penalty,
-    tower_groups,
-    trace_norm,
-)
+from pipeline.training.multitask import sharing_penalty, tower_groups, trace_norm
+from pipeline.training.trainer import Trainer
 
 TASKS = ("top_left", "bottom_right")
 
@@ -129,7 +125,7 @@ def test_a_large_soft_sharing_penalty_pulls_the_towers_together():
     for coefficient in (0.0, 1.0):
         keras.utils.set_random_seed(0)
         model = soft_model()
-        fit(MultiTaskTrainer(model, TASKS, penalty="l2", coefficient=coefficient), data, epochs=4)
+        fit(Trainer(model, TASKS, penalty="l2", coefficient=coefficient), data, epochs=4)
         distance[coefficient] = float(sharing_penalty(tower_groups(model, TASKS), "l2"))
     assert distance[1.0] < 0.5 * distance[0.0]
 
@@ -138,7 +134,7 @@ def test_uncertainty_weights_are_learned_and_stay_out_of_the_deployed_model(tmp_
     data = multi_data()
     keras.utils.set_random_seed(0)
     model = architectures.build("tiny", (12, 12, 1), 3, tasks=TASKS)
-    trainer = MultiTaskTrainer(model, TASKS, uncertainty=True)
+    trainer = Trainer(model, TASKS, uncertainty=True)
     fit(trainer, data, epochs=3)
     assert np.all(trainer.log_vars.numpy() != 0)
     assert "log_vars" not in " ".join(w.name for w in model.weights)
@@ -151,7 +147,7 @@ def test_multi_output_model_prunes_and_converts_keeping_task_names(tmp_path):
     data = multi_data()
     keras.utils.set_random_seed(0)
     model = architectures.build("tiny", (12, 12, 1), 3, tasks=TASKS)
-    fit(MultiTaskTrainer(model, TASKS), data, epochs=6)
+    fit(Trainer(model, TASKS), data, epochs=6)
     p = PruneParams(final_sparsity=0.5, epochs=2, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
                     min_weights=0)
     _, stripped, _ = prune_model(model, data, p, seed=0)
@@ -175,7 +171,7 @@ def test_structured_rounds_on_a_multi_task_model_track_each_task_and_keep_both_h
     data = multi_data()
     keras.utils.set_random_seed(0)
     model = architectures.build("tiny", (12, 12, 1), 3, tasks=TASKS)
-    fit(MultiTaskTrainer(model, TASKS), data, epochs=6)
+    fit(Trainer(model, TASKS), data, epochs=6)
     s = StructuredParams(fraction=0.25, max_rounds=2, finetune_epochs=1, batch_size=32, accuracy_budget=1.0,
                          target_ratio=0.01, channel_multiple=1, target="macs")
     kept, history = iterate(model, data, s, TrainParams(), seed=0, latency=lambda m: 0.0)

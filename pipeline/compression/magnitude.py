@@ -11,6 +11,7 @@ from ..core.params import PruneParams, TrainParams
 from ..data import Dataset
 from ..export.costs import layer_cost
 from ..training import distribute
+from ..training.distill import TeacherFile
 from ..training.fit import fit_target, seed_everything
 from ..training.resume import Diverged, divergence_hint, fit_resumable
 
@@ -103,12 +104,13 @@ class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path | None = None, key: str = "",
-                train_p: TrainParams = TrainParams()):
+                train_p: TrainParams = TrainParams(), teacher: TeacherFile | None = None):
     """Wrap ``model`` for pruning, fine-tune it, and return (wrapped, stripped, KeepBest).
 
     The weights kept are those of the best validation epoch among the epochs that end at the final
     sparsity, so the model never trades sparsity for accuracy. A multi-task model is fine-tuned with
-    the task weighting of ``train_p`` and, if it has task towers, their soft-sharing penalty.
+    the task weighting of ``train_p`` and, if it has task towers, their soft-sharing penalty; and
+    distilled from ``teacher`` if given.
     """
     strategy = distribute.start(train_p.distribute)
     seed_everything(seed)
@@ -127,7 +129,8 @@ def prune_model(model, data: Dataset, p: PruneParams, seed: int, state_dir: Path
               f"prune.frequency ({p.frequency}): masks are updated every {frequency} steps instead", flush=True)
     hold = p.end_epoch * steps
     with strategy.scope():
-        target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold))
+        target = fit_target(wrapped, data, train_p, HoldThenCosine(p.learning_rate, hold, p.epochs * steps - hold),
+                            teacher.load(data) if teacher else None)
     keep = fit_resumable(target, feed, p.epochs, state_dir, key,
                          callbacks=[sparsity.UpdatePruningStep(), Diverged(
                              "pruning's fine-tuning", divergence_hint(data.tasks, "prune.learning_rate"))],

@@ -194,6 +194,28 @@ class AugmentParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillParams:
+    """Knowledge distillation (pipeline.training.distill): a teacher's softened outputs as a second target
+    in training and every fine-tuning."""
+    teacher: str = ""  # a Keras model file (.keras, .h5), or a params file whose trained model teaches ("": none)
+    teacher_pixels: Literal["auto", "raw", "unit", "symmetric"] = "auto"  # the teacher file's input contract
+    from_parent: bool = False  # fine-tuning stages: the model they start from teaches them instead
+    temperature: float = bounded(4.0, 0, 100, open_low=True)
+    weight: float = bounded(0.5, 0, 1, open_low=True)  # share of the loss on the teacher's outputs
+
+    @property
+    def teacher_config(self) -> bool:
+        return self.teacher.endswith((".yaml", ".yml"))
+
+    def validate(self) -> None:
+        _check(self.teacher == self.teacher.strip() and "\0" not in self.teacher, "distill.teacher",
+               f"must be a path, got {short(self.teacher)}")
+        _check(not (self.teacher_pixels != "auto" and (not self.teacher or self.teacher_config)),
+               "distill.teacher_pixels", "describes a teacher model file's input; distill.teacher names "
+               + ("a params file, whose model declares its own" if self.teacher else "none"))
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneParams:
     enabled: bool = True  # false: no magnitude pruning; make all converts and gates the trained model alone
     schedule: Literal["polynomial_decay", "constant_sparsity"] = "polynomial_decay"
@@ -318,6 +340,7 @@ class Params:
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     augment: AugmentParams = AugmentParams()
+    distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()
     structured: StructuredParams = StructuredParams()
     convert: ConvertParams = ConvertParams()

@@ -1,5 +1,5 @@
 """What the stages share: the skeleton every stage that writes an artefact runs (:func:`make`), the
-parent model a fine-tuning stage starts from, and the multi-task settings that go into its key."""
+parent model a fine-tuning stage starts from, its teacher, and the training settings that go into its key."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from ..core.artifacts import (
 from ..core.contract import resolve
 from ..core.errors import Interrupted, PipelineError
 from ..core.keras_io import check_fits_data, load_model, save_model
-from ..core.params import Params
+from ..core.model_files import path_hash
+from ..core.params import Params, load_params
 from ..core.provenance import disagreements, stale_link
 from ..data import Dataset, load_dataset
 from ..data.stream import decode_errors
 from ..export.report import bound_params, flatten
+from ..training.distill import TeacherFile
 from ..training.distribute import is_chief
 from ..training.resume import backup_dir, finish
 
@@ -112,6 +114,51 @@ def fed(params: Params, model, data: Dataset, source: Path) -> Dataset:
     training split is augmented as ``params.augment`` says, in training and every fine-tuning."""
     return data.with_contract(resolve(params.input, model, str(source), data.input_shape[-1])).with_augment(
         params.augment)
+
+
+def teacher_for(params: Params, out: Path, parent: Path | None = None, data: Dataset | None = None
+                ) -> tuple[TeacherFile | None, dict]:
+    """The teacher of the stage that writes ``out`` (None without one), and the distillation settings
+    for its record and key (the teacher file's sha256 among them). A fine-tuning stage gives its
+    ``parent`` and ``data``: with ``distill.from_parent`` the parent teaches. A ``distill.teacher``
+    params file names the model its config trains, trained here first if it is not current."""
+    d = params.distill
+    knobs = {"temperature": d.temperature, "weight": d.weight}
+    if parent is not None and d.from_parent:
+        return TeacherFile(parent, d, data.contract), {"distill": {"teacher": "parent", **knobs}}
+    if not d.teacher:
+        return None, {"distill": {}}
+    path = teacher_model(params)
+    if path.resolve() == out.resolve():
+        raise PipelineError(f"distill.teacher {path} is the model this stage writes: a model cannot teach itself")
+    settings = {"teacher": d.teacher, "teacher_pixels": d.teacher_pixels, "teacher_sha256": path_hash(path), **knobs}
+    return TeacherFile(path, d), {"distill": settings}
+
+
+def teacher_model(params: Params) -> Path:
+    """The model file ``distill.teacher`` names: itself, or the trained model of the params file it names."""
+    d = params.distill
+    if not d.teacher_config:
+        path = Path(d.teacher)
+        if not path.is_file():
+            raise PipelineError(f"distill.teacher {path} not found (a Keras model file, or a params file whose "
+                                "trained model teaches; relative to the folder you run in)")
+        return path
+    theirs = load_params(d.teacher)
+    if theirs.name == params.name:
+        raise PipelineError(f"distill.teacher {d.teacher} has this config's own name ({params.name}): a model "
+                            "cannot teach itself")
+    if theirs.distill.teacher:
+        raise PipelineError(f"distill.teacher {d.teacher} distils from {theirs.distill.teacher} itself; name its "
+                            "trained model file instead (train it first with its own config)")
+    if theirs.model.file:
+        return require_model_file(trained_source(theirs))
+    if params.train.distribute == "multi_worker":  # its workers would all train it: it must be there already
+        return require(trained_path(theirs.name), f"mobiledeploy train --params {d.teacher} (the teacher)")
+    from .train import train
+
+    print(f"distill: the teacher is {d.teacher}'s model; training it first if it is not current", flush=True)
+    return train(theirs)
 
 
 def finetune_settings(params: Params, data: Dataset) -> dict:

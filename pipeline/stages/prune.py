@@ -12,7 +12,7 @@ from ..core.params import Params
 from ..export.costs import model_costs, totals
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import finetune_settings, load_parent, make
+from .base import finetune_settings, load_parent, make, teacher_for
 
 # Part of the stage's record key: raised when a fix changes what the same inputs and params produce, so
 # models pruned before it are redone (2: layers left dense kept their trained weights from then on; 3: the
@@ -29,16 +29,18 @@ def prune(params: Params, model_path: Path | None = None) -> Path:
         raise PipelineError("prune.enabled is false in these params: there is nothing to prune (set it to true, or "
                             "leave this stage out)")
     out = derived(pruned_path, source, params)
-    used = {**params.subset("data", "input", "augment", "prune"), **finetune_settings(params, data)}
+    teacher, distilled = teacher_for(params, out, source, data)
+    used = {**params.subset("data", "input", "augment", "prune"), **finetune_settings(params, data), **distilled}
     planned = make_record("prune", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint,
                                                        "revision": REVISION}, parent=str(source), dataset=data.source)
     p = params.prune
 
     def work(state: Path):
         print(f"prune: {p.schedule} to {p.final_sparsity:.0%} over {p.epochs} fine-tuning epochs on "
-              f"{data.describe()}", flush=True)
+              f"{data.describe()}" + (f", {teacher.describe()}" if teacher else ""), flush=True)
         start = time.perf_counter()
-        wrapped, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"], params.train)
+        wrapped, stripped, keep = prune_model(model, data, p, params.seed, state, planned["key"], params.train,
+                                             teacher)
         costs = model_costs(stripped)
         names = set(pruned_layers(wrapped))
         pruned = [c for c in costs if c.name in names]

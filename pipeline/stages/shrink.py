@@ -33,7 +33,7 @@ from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import finetune_settings, load_parent, make
+from .base import finetune_settings, load_parent, make, teacher_for
 
 
 def int8_latency(params: Params, data: Dataset):
@@ -59,8 +59,9 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
     source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
     out = derived(shrunk_path, source, params)
     stem = out.name.removesuffix(".shrunk.keras")
+    teacher, distilled = teacher_for(params, out, source, data)
     used = {**params.subset("data", "input", "augment", "structured"), "validate": params.section("validate"),
-            **finetune_settings(params, data)}
+            **finetune_settings(params, data), **distilled}
     planned = make_record("shrink", used, params.seed, {"model": file_hash(source), "dataset": data.fingerprint},
                           parent=str(source), dataset=data.source)
     s = params.structured
@@ -71,9 +72,10 @@ def shrink(params: Params, model_path: Path | None = None) -> Path:
         rounds = f"{s.max_rounds} round{'s' if s.max_rounds != 1 else ''}"
         print(f"shrink: up to {rounds} of removing {s.fraction:.0%} of the channels (ranked by "
               f"{s.criterion}, {s.scope}), {s.finetune_epochs} fine-tuning epochs each; target {s.target} <= "
-              f"{s.target_ratio:.0%}, accuracy budget {s.accuracy_budget}", flush=True)
+              f"{s.target_ratio:.0%}, accuracy budget {s.accuracy_budget}" + (f"; {teacher.describe()}" if teacher
+                                                                              else ""), flush=True)
         start = time.perf_counter()
-        kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data))
+        kept, history = iterate(model, data, s, params.train, params.seed, int8_latency(params, data), teacher)
         metrics = {**split_accuracies(kept, data), "seconds": round(time.perf_counter() - start, 1),
                    "history": history}
         if distribute.is_chief():

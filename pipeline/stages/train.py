@@ -16,7 +16,7 @@ from ..training import distribute
 from ..training.fit import fit_target, seed_everything, split_accuracies
 from ..training.recipe import schedule
 from ..training.resume import Diverged, divergence_hint, fit_resumable
-from .base import fed, make
+from .base import fed, make, teacher_for
 
 
 def train(params: Params) -> Path:
@@ -28,11 +28,12 @@ def train(params: Params) -> Path:
     strategy = distribute.start(params.train.distribute)  # before TensorFlow runs anything
     data = load_dataset(params.data, params.seed)
     out = trained_path(params.name)
+    teacher, distilled = teacher_for(params, out)  # before seeding: a teacher trained first would move the seed
     seed_everything(params.seed)
     model = architectures.build(m.architecture, data.input_shape, data.num_classes, width=m.width,
                                 dropout=m.dropout, options=m.options, tasks=data.tasks)
     data = fed(params, model, data, out)
-    used = params.subset("name", "data", "input", "model", "train", "augment")
+    used = {**params.subset("name", "data", "input", "model", "train", "augment"), **distilled}
     # the built network's own description is an input: a change to a builder retrains, like a params edit
     inputs = {"dataset": data.fingerprint, "architecture": text_hash(model.to_json())}
     planned = make_record("train", used, params.seed, inputs, dataset=data.source,
@@ -44,9 +45,10 @@ def train(params: Params) -> Path:
         feed = distribute.datasets(strategy, data, params.train.batch_size, params.seed, "train.batch_size")
         net = distribute.replica(model, strategy, params.train.sync_batchnorm)
         with strategy.scope():
-            target = fit_target(net, data, params.train, rate)
+            target = fit_target(net, data, params.train, rate, teacher.load(data) if teacher else None)
         print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}, "
-              f"{distribute.describe(strategy)}, augmentation: {augmentation.describe(params.augment)}", flush=True)
+              f"{distribute.describe(strategy)}, augmentation: {augmentation.describe(params.augment)}"
+              + (f", {teacher.describe()}" if teacher else ""), flush=True)
         start = time.perf_counter()
         keep = fit_resumable(target, feed, params.train.epochs, state, planned["key"],
                              [Diverged("training", divergence_hint(data.tasks, "train.learning_rate"))], strategy=strategy)

@@ -35,7 +35,7 @@ from ..data import load_dataset
 from ..export.costs import model_costs, totals
 from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
-from ..stages.base import refuse_foreign
+from ..stages.base import refuse_foreign, teacher_for
 from ..stages.prune import prune
 
 COMPARE_DIR = OUT_DIR / "prune_compare"
@@ -71,6 +71,7 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
         except PipelineError as exc:
             print(f"prune-compare: leaving out one shot by {criterion}: {exc}", flush=True)
             left_out[criterion] = str(exc)
+    teacher = teacher_for(params, shrunk_file, files[0], data)[0]  # the shrink stage's, for a fair one shot
     both = load_model(prune(params, shrunk_file))  # TF-MOT on the narrower model (reused when current)
     one_shot_params = dataclasses.replace(s, finetune_epochs=max(1, rounds) * s.finetune_epochs)
     structured = f"structured ({s.criterion}, {rounds} round{'s' if rounds != 1 else ''})"
@@ -79,7 +80,7 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     for criterion in (c for c in CRITERIA if c not in left_out):
         print(f"prune-compare: one shot to the structured model's widths, ranked by {criterion}", flush=True)
         models[f"one shot ({criterion})"] = one_shot(trained, data, one_shot_params, params.train, params.seed,
-                                                     shrunk, criterion)
+                                                     shrunk, criterion, teacher)
     representative = representative_data(data, params.convert, params.seed)
     v = params.validate
     rows = []

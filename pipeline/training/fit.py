@@ -11,8 +11,10 @@ from ..core.params import AugmentParams, TrainParams
 from ..data import Dataset
 from ..data.stream import ImageFiles, threads
 from . import augment as augmentation
-from .multitask import MultiTaskTrainer, tower_groups
+from .distill import Teacher
+from .multitask import tower_groups
 from .recipe import classification_loss, optimizer
+from .trainer import Trainer
 
 
 EVALUATION_VALUES = 1 << 22  # 500 Fashion-MNIST images; 151 RGB images of 96x96
@@ -146,25 +148,25 @@ def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuf
                       repeat, augment)
 
 
-def fit_target(model, data: Dataset, p: TrainParams, rate):
+def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | None = None):
     """What ``fit`` runs on, compiled with Adam (AdamW) at ``rate`` and a loss on logits or probabilities
     as the model's outputs give (:func:`output_logits`), label-smoothed as ``p`` says: the model itself
-    for one task, or a
-    :class:`~pipeline.training.multitask.MultiTaskTrainer` around it (task weights, and the soft-sharing
-    penalty if the model has a tower per task)."""
+    for one task, or a :class:`~pipeline.training.trainer.Trainer` around it for several (task weights,
+    and the soft-sharing penalty if the model has a tower per task) and whenever ``teacher`` distils."""
     unknown = sorted(set(p.task_weights) - set(data.tasks))
     if unknown:  # checked on load for multifashion; a manifest's tasks are its columns, known only now
         raise PipelineError(f"train.task_weights.{unknown[0]}: not a task of the data; its tasks: "
                             f"{', '.join(data.tasks) or 'none (a single label)'}")
     logits = output_logits(model, data)
-    if not data.tasks:
+    if not data.tasks and teacher is None:
         compile_for_training(model, rate, next(iter(logits.values())), p)
         return model
 
     soft = bool(tower_groups(model, data.tasks))
     penalty = p.sharing_penalty if soft and p.sharing_coefficient > 0 else None
-    trainer = MultiTaskTrainer(model, data.tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty,
-                               p.sharing_coefficient, logits, p.label_smoothing)
+    tasks = data.tasks or tuple(logits)
+    trainer = Trainer(model, tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty, p.sharing_coefficient,
+                      logits, p.label_smoothing, teacher, single=not data.tasks)
     trainer.compile(optimizer=optimizer(rate, p))
     trainer(tf.zeros((1, *data.input_shape)))  # built before fit, so BackupAndRestore can restore its optimizer
     return trainer

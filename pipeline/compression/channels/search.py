@@ -10,6 +10,7 @@ from ...core.errors import PipelineError
 from ...core.framework import keras
 from ...export.costs import model_costs, totals
 from ...training import distribute
+from ...training.distill import TeacherFile
 from ...training.fit import accuracy, fit_target, seed_everything
 from ...training.resume import Diverged, divergence_hint, keras_verbosity
 from .graph import ChannelGraph
@@ -54,9 +55,10 @@ def sensitivity(model, data, criterion: str, ratios=(0.1, 0.25, 0.5, 0.75)) -> t
     return base, rows
 
 
-def finetune(model, data, s, train_p, seed: int) -> None:
+def finetune(model, data, s, train_p, seed: int, teacher: TeacherFile | None = None) -> None:
     """``s.finetune_epochs`` of training at ``s.learning_rate`` decayed along a cosine (the task
-    weighting and soft-sharing penalty of ``train_p`` apply to a multi-task model)."""
+    weighting and soft-sharing penalty of ``train_p`` apply to a multi-task model), distilled from
+    ``teacher`` if given."""
     strategy = distribute.start(train_p.distribute)
     seed_everything(seed)
     steps = math.ceil(len(data.x_train) / s.batch_size)
@@ -64,14 +66,15 @@ def finetune(model, data, s, train_p, seed: int) -> None:
     net = distribute.replica(model, strategy, train_p.sync_batchnorm)
     with strategy.scope():
         target = fit_target(net, data, train_p, keras.optimizers.schedules.CosineDecay(
-            s.learning_rate, steps * s.finetune_epochs))
+            s.learning_rate, steps * s.finetune_epochs), teacher.load(data) if teacher else None)
     feed.fit(target, validate=False, epochs=s.finetune_epochs, verbose=keras_verbosity(),
              callbacks=[Diverged("structured fine-tuning", divergence_hint(data.tasks, "structured.learning_rate"))])
     if net is not model:
         model.set_weights(net.get_weights())
 
 
-def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[dict]]:
+def iterate(model, data, s, train_p, seed: int, latency, teacher: TeacherFile | None = None
+            ) -> tuple[object, list[dict]]:
     """Prune, fine-tune, repeat: each round removes ``s.fraction`` of the remaining channels (ranked by
     ``s.criterion``, per layer or globally; ``s.layer_fractions`` overrides the share of named layers,
     ``s.channel_multiple`` rounds the widths) and fine-tunes. Stops when ``s.target`` (MACs, params, or
@@ -105,7 +108,7 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
             print(f"structured: round {r}: no layer can lose more channels at these settings; stopping", flush=True)
             break
         narrow = remove_channels(current, keep)
-        finetune(narrow, data, s, train_p, seed + r)
+        finetune(narrow, data, s, train_p, seed + r, teacher)
         row = measure(narrow, r)
         row["within_budget"] = within_budget(start, row, s.accuracy_budget)
         history.append(row)
@@ -120,7 +123,8 @@ def iterate(model, data, s, train_p, seed: int, latency) -> tuple[object, list[d
     return kept, history
 
 
-def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = None):
+def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = None,
+             teacher: TeacherFile | None = None):
     """``model`` cut in one step to the per-layer widths of ``like`` (a model it was pruned to), keeping
     the best channels by ``criterion`` (default ``s.criterion``), then fine-tuned for
     ``s.finetune_epochs``: the baseline that iteration, and each criterion, are compared with."""
@@ -133,5 +137,5 @@ def one_shot(model, data, s, train_p, seed: int, like, criterion: str | None = N
         width = like.get_layer(space.producers[0]).get_weights()[0].shape[-1]
         keep[space.id] = np.sort(np.argsort(scores[space.id], kind="stable")[space.channels - width:])
     narrow = remove_channels(model, keep)
-    finetune(narrow, data, s, train_p, seed)
+    finetune(narrow, data, s, train_p, seed, teacher)
     return narrow
