@@ -68,6 +68,9 @@ def test_the_loss_mixes_labels_and_the_teacher_per_task(tmp_path, multi):
         expected += np.mean(0.7 * ce + 0.3 * kd)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
     np.testing.assert_allclose(float(distilled), np.mean(soft), rtol=1e-4)
+    # the teacher is frozen and not the trainer's: best-epoch weights and resume state hold the student's alone
+    assert len(trainer.trainable_weights) == len(student.trainable_weights)
+    assert {id(v) for v in trainer.weights}.isdisjoint(id(v) for v in trainer.teacher.model.weights)
 
 
 def test_a_student_taught_by_the_teacher_alone_follows_it_over_its_labels(tmp_path):
