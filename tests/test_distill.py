@@ -116,6 +116,11 @@ def test_a_teacher_that_does_not_fit_is_refused(tmp_path):
     single.save(tmp_path / "one.keras")
     with pytest.raises(PipelineError, match=r"model outputs \(.*\) are not the data's tasks"):
         load_teacher(tmp_path / "one.keras", DistillParams(), multi_data())
+    broken = architectures.build("tiny", data.input_shape, 3)
+    broken.layers[-1].set_weights([np.full_like(w, np.nan) for w in broken.layers[-1].get_weights()])
+    broken.save(tmp_path / "nan.keras")
+    with pytest.raises(PipelineError, match=r"nan.keras gives non-finite outputs \(NaN or inf\) on training images"):
+        load_teacher(tmp_path / "nan.keras", DistillParams(), data)
     for override, message in (("distill.weight=0", "distill.weight"), ("distill.temperature=0", "distill.temperature"),
                               ("distill.teacher_pixels=unit", "distill.teacher_pixels: describes a teacher model "
                                                               "file's input; distill.teacher names none")):
@@ -147,6 +152,8 @@ def test_training_pruning_and_recipe_compare_distil_from_a_config_or_the_parent(
     assert again.count("is up to date") == 2  # the teacher, then the student
     fails_cleanly(run_cli("train", *SMOKE, *small, "--set", "distill.teacher=models/smoke.keras", cwd=project,
                           check=False), "is the model this stage writes: a model cannot teach itself")
+    fails_cleanly(run_cli("train", *SMOKE, *small, "--set", "distill.teacher=models", cwd=project, check=False),
+                  "distill.teacher models is a folder, not a model file")
 
     out = run_cli("prune", *SMOKE, *small, "--set", "distill.from_parent=true", cwd=project).stdout
     assert "distilled from models/smoke.keras" in out

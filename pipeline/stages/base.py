@@ -141,7 +141,8 @@ def teacher_model(params: Params) -> Path:
     if not d.teacher_config:
         path = Path(d.teacher)
         if not path.is_file():
-            raise PipelineError(f"distill.teacher {path} not found (a Keras model file, or a params file whose "
+            what = "is a folder, not a model file" if path.is_dir() else "not found"
+            raise PipelineError(f"distill.teacher {path} {what} (a Keras .keras or .h5 file, or a params file whose "
                                 "trained model teaches; relative to the folder you run in)")
         return path
     theirs = load_params(d.teacher)

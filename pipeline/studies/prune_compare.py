@@ -35,7 +35,7 @@ from ..data import load_dataset
 from ..export.costs import model_costs, totals
 from ..export.measure import measure
 from ..export.tflite import representative_data, to_tflite
-from ..stages.base import refuse_foreign, teacher_for
+from ..stages.base import fed, refuse_foreign, teacher_for
 from ..stages.prune import prune
 
 COMPARE_DIR = OUT_DIR / "prune_compare"
@@ -56,7 +56,7 @@ def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
         refuse_foreign(path, params)
     trained, magnitude, shrunk = (load_model(path) for path in files)
     shrunk_file = files[2]
-    data = load_dataset(params.data, params.seed)
+    data = fed(params, trained, load_dataset(params.data, params.seed), files[0])  # augmented as shrink's rounds
     s = params.structured
     rounds = max(h["round"] for h in read_record(shrunk_file)["metrics"]["history"] if h["within_budget"])
     fraction = removed_fraction(trained, shrunk)

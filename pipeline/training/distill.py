@@ -111,6 +111,9 @@ def load_teacher(path: Path, p: DistillParams, data: Dataset, contract: InputCon
     scale = t_scale / s_scale
     offset = t_offset - s_offset * scale
     teacher = Teacher(model, where, scale, offset, {}, p.temperature, p.weight)
-    probe = teacher.named(model(contract.apply(data.x_train[:32]), training=False))
+    probe = {name: np.asarray(value) for name, value in
+             teacher.named(model(contract.apply(data.x_train[:32]), training=False)).items()}
+    if not all(np.isfinite(value).all() for value in probe.values()):
+        raise PipelineError(f"{where} gives non-finite outputs (NaN or inf) on training images: it cannot teach")
     teacher.logits = logits_by_output(probe)
     return teacher
