@@ -45,7 +45,7 @@ lock:
 	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock && rm -rf .lock-venv
 
-# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TRAINED, PRUNED, TFLITE, REPORT, GATES), written
+# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TEACHER, TRAINED, PRUNED, TFLITE, REPORT, GATES), written
 # by the CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
 PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS))$(if $(MODEL),.$(subst /,_,$(MODEL))).mk
 $(PATHS_MK): $(PARAMS) $(VENV_STAMP)
@@ -73,7 +73,8 @@ convert: $(TFLITE)
 validate: $(REPORT)
 
 ifeq ($(TRAIN),yes)
-$(TRAINED): $(PARAM_FILES) | data
+# distill.teacher: its config and model (or its file), when they exist; a missing one is the train stage's to name
+$(TRAINED): $(PARAM_FILES) $(wildcard $(TEACHER)) | data
 	$(CLI) train $(FIT_ARGS)
 else
 # model.file: your own ready-made model, which no stage makes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_source
+from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_path, trained_source
 from .core.errors import PipelineError, clip, short
 from .core.params import load_params, param_files, parse_override
 
@@ -456,8 +456,12 @@ def paths(params, params_file, **_):
     stems = (name, f"{name}.pruned") if params.prune.enabled else (name,)
     tflite = [tflite_path(stem, fmt) for stem in stems for fmt in params.convert.formats]
     words = lambda paths: " ".join(make_word(p) for p in paths)  # noqa: E731
+    teacher = params.distill.teacher  # what training also depends on: the teacher's config and model, or its file
+    taught = [] if not teacher else [Path(teacher)] if not params.distill.teacher_config else \
+        [*param_files(teacher), trained_path(load_params(teacher).name)]
     click.echo(f"NAME := {name}\n"
                f"PARAM_FILES := {words(param_files(params_file))}\n"
+               f"TEACHER := {words(taught)}\n"
                f"TRAIN := {'no' if params.model.file else 'yes'}\n"
                f"TRAINED := {make_word(trained_source(params))}\n"
                f"PRUNED := {make_word(pruned_path(name)) if params.prune.enabled else ''}\n"

@@ -174,3 +174,15 @@ def test_training_pruning_and_recipe_compare_distil_from_a_config_or_the_parent(
         assert used["augment"]["shift"] == augmented, variant
         assert bool(used["distill"]) == taught, variant
     assert "| both |" in (project / "tflite_out" / "recipes" / "recipes.md").read_text()
+
+
+def test_make_retrains_a_student_when_its_teacher_changes():
+    """The Makefile's training rule depends on the teacher's config and model (or its file)."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    tiny = CliRunner().invoke(cli, ["paths", "--params", "configs/tiny.yaml"]).output  # (run from the project root)
+    assert "TEACHER := params.yaml configs/teacher.yaml models/fmnist_teacher.keras\n" in tiny
+    plain = CliRunner().invoke(cli, ["paths", "--set", "distill.teacher=mine.keras"]).output
+    assert "TEACHER := mine.keras\n" in plain
