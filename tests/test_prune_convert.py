@@ -79,7 +79,7 @@ def test_a_prune_that_ends_short_of_its_sparsity_fails_naming_both(copy_of_smoke
 
 
 @pytest.mark.parametrize("fmt, bound", [("float32", 1.0), ("float16", 1.0), ("dynamic_int8", 0.95),
-                                        ("int8", 0.95)])
+                                        ("int8", 0.95), ("int16x8", 0.95)])
 def test_tflite_agrees_with_keras(trained, tmp_path, fmt, bound):
     """float formats must agree exactly on top-1; int8 formats on at least 95% of these tiny inputs."""
     blob = to_tflite(trained, fmt, representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
@@ -98,6 +98,18 @@ def test_full_integer_model_takes_and_gives_int8(trained, tmp_path):
     interp = Interpreter(model_content=blob)
     assert interp.get_input_details()[0]["dtype"] == np.int8
     assert interp.get_output_details()[0]["dtype"] == np.int8
+
+
+def test_int16x8_keeps_float_input_and_output_around_int16_activations_and_int8_weights(trained):
+    from ai_edge_litert.interpreter import Interpreter
+
+    blob = to_tflite(trained, "int16x8", representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
+    interp = Interpreter(model_content=blob)
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    assert interp.get_output_details()[0]["dtype"] == np.float32
+    kinds = {(d["name"], d["dtype"]) for d in interp.get_tensor_details()}
+    assert any(dtype == np.int16 for _, dtype in kinds)  # activations
+    assert any(dtype == np.int8 and "conv" in name.lower() for name, dtype in kinds)  # weights
 
 
 def test_layers_below_min_weights_stay_dense(trained):
@@ -125,3 +137,17 @@ def test_the_xnnpack_policy_refuses_a_model_it_cannot_run_sparse_saying_why(trai
     p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, policy="xnnpack")
     with pytest.raises(PipelineError, match="does not fit XNNPACK sparse inference: .*Conv2D 3x3.*stride 2x2"):
         prune_model(trained, DATA, p, seed=0)
+
+
+def test_int16x8_is_converted_validated_and_gated_like_the_other_formats(copy_of_smoke):
+    import json
+
+    formats = ("--set", "convert.formats=[int8, int16x8]")
+    run_cli("convert", *SMOKE, *formats, cwd=copy_of_smoke)
+    assert (copy_of_smoke / "tflite_out" / "smoke.int16x8.tflite").is_file()
+    run_cli("validate", *SMOKE, *formats, cwd=copy_of_smoke)
+    report = json.loads((copy_of_smoke / "tflite_out" / "smoke.report.json").read_text())
+    entries = {e["file"].rsplit("/", 1)[-1]: e for e in report["artefacts"]}
+    assert entries["smoke.int16x8.tflite"]["accuracy"] >= entries["smoke.int8.tflite"]["accuracy"] - 0.02
+    run_cli("check", *SMOKE, *formats, "--update", cwd=copy_of_smoke)
+    assert "smoke.int16x8.tflite" in (copy_of_smoke / "gates" / "smoke.yaml").read_text()

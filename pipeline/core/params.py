@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from ..compression.channels.ranking import CRITERIA  # the registries params choose from
-from ..export.tflite import FORMATS
+from ..export.tflite import DEFAULT_FORMATS, FORMATS
 from .errors import PipelineError, clip, short
 
 MULTIFASHION_TASKS = ("top_left", "bottom_right")  # the tasks of data.source multifashion
@@ -270,7 +270,7 @@ class StructuredParams:
 
 @dataclasses.dataclass(frozen=True)
 class ConvertParams:
-    formats: list[str] = dataclasses.field(default_factory=lambda: list(FORMATS))
+    formats: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_FORMATS))
     representative_samples: int = bounded(500, 1, 100_000)
     calibration_source: Literal["train", "validation"] = "train"
     calibration_stratified: bool = False  # true: each class in proportion to its share (of the first task)

@@ -1,4 +1,4 @@
-"""Keras models to TFLite bytes: float32, float16, dynamic-range int8 and full-integer int8."""
+"""Keras models to TFLite bytes: float32, float16, dynamic-range int8, full-integer int8 and int16x8."""
 
 from __future__ import annotations
 
@@ -56,13 +56,24 @@ def _int8(converter, tf, representative) -> None:
     converter.inference_output_type = tf.int8
 
 
+def _int16x8(converter, tf, representative) -> None:
+    """int16 activations, int8 weights (LiteRT's 16x8 quantization), float32 input and output: for models
+    that lose too much at int8. Its kernels are LiteRT's reference ones on most ops: slower than int8."""
+    if representative is None:
+        raise ValueError("int16x8 needs representative data")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+
+
 # format name -> how it sets up the converter (converter, tf, representative images). The registry of
 # formats: params' convert.formats accepts these names, and a new format is one function and one entry.
 CONVERTERS = {"float32": lambda converter, tf, representative: None, "float16": _float16,
-              "dynamic_int8": _dynamic_int8, "int8": _int8}
+              "dynamic_int8": _dynamic_int8, "int8": _int8, "int16x8": _int16x8}
 FORMATS = tuple(CONVERTERS)
+DEFAULT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")  # convert.formats unless params say more
 # formats that read calibration images (and so the dataset): their records hash it
-CALIBRATED = ("int8",)
+CALIBRATED = ("int8", "int16x8")
 
 
 class Exporter:
