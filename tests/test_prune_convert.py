@@ -112,6 +112,24 @@ def test_int16x8_keeps_float_input_and_output_around_int16_activations_and_int8_
     assert any(dtype == np.int8 and "conv" in name.lower() for name, dtype in kinds)  # weights
 
 
+def test_the_zeros_and_distinct_values_of_a_file_are_read_from_its_weight_tensors(trained):
+    from pipeline.export.flatbuffer import weight_stats
+
+    p = PruneParams(final_sparsity=0.6, epochs=2, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
+                    min_weights=0)
+    _, stripped, _ = prune_model(trained, DATA, p, seed=0)
+    representative = representative_data(DATA, ConvertParams(representative_samples=50), seed=0)
+    kernels = sum(w.size for layer in stripped.layers for w in layer.get_weights()[:1] if w.ndim >= 2)
+    for model, fmt, zeros in ((trained, "int8", (0.0, 0.02)), (stripped, "int8", (0.55, 0.65)),
+                              (stripped, "float32", (0.55, 0.65)), (stripped, "float16", (0.55, 0.65))):
+        found = weight_stats(to_tflite(model, fmt, representative))
+        assert found["values"] == kernels, fmt  # every kernel, and nothing else (biases, shapes)
+        assert zeros[0] <= found["zero_share"] <= zeros[1], (fmt, found["zero_share"])
+        assert {t["dtype"] for t in found["tensors"]} == {{"int8": "int8", "float32": "float32",
+                                                           "float16": "float16"}[fmt]}
+        assert found["max_unique"] <= (256 if fmt == "int8" else kernels)
+
+
 def test_layers_below_min_weights_stay_dense(trained):
     p = PruneParams(final_sparsity=0.6, epochs=1, begin_epoch=0, end_epoch=1, frequency=1, batch_size=32,
                     min_weights=500)

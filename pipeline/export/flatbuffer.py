@@ -1,9 +1,12 @@
 """Reading a ``.tflite`` file's structure (its flatbuffer) without running it: the input and output
-tensors with their names, shapes, types and quantization, as an app developer calls them."""
+tensors with their names, shapes, types and quantization, as an app developer calls them; and what its
+weights are (zeros, distinct values), read from its constant buffers."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from ..core.errors import PipelineError
 
@@ -46,3 +49,35 @@ def io_details(path: Path) -> dict[str, list[dict]]:
         raise PipelineError(f"{path}: cannot read it ({exc.strerror or exc.__class__.__name__})") from None
     except Exception as exc:  # a malformed flatbuffer fails in many ways (IndexError, struct.error, ...)
         raise PipelineError(f"{path}: not a readable TFLite flatbuffer ({exc.__class__.__name__})") from None
+
+
+# tensor types whose constant buffers are weights (int32 constants are biases, shapes and indices)
+WEIGHT_TYPES = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16", "FLOAT16": "float16", "FLOAT32": "float32"}
+
+
+def weight_stats(blob: bytes) -> dict:
+    """What the file's weights are, read from its constant buffers: per weight tensor (a constant of at
+    least two dimensions and of a weight type: kernels, not biases or shapes) its values, how many are
+    zero and how many distinct values it holds; and over them all, the share of zeros and the largest
+    count of distinct values. This is the file's own truth: zeros that pruning made and quantization or
+    conversion kept, and the few values that clustering leaves."""
+    schema = _schema()
+    model = schema.Model.GetRootAs(blob, 0)
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    subgraph = model.Subgraphs(0)
+    tensors = []
+    for i in range(subgraph.TensorsLength()):
+        tensor = subgraph.Tensors(i)
+        kind = WEIGHT_TYPES.get(types.get(tensor.Type(), ""))
+        if kind is None or tensor.ShapeLength() < 2:
+            continue
+        buffer = model.Buffers(tensor.Buffer())
+        if buffer is None or buffer.DataLength() == 0:
+            continue
+        values = np.frombuffer(buffer.DataAsNumpy().tobytes(), dtype=kind)
+        tensors.append({"name": tensor.Name().decode(errors="replace"), "dtype": kind, "values": int(values.size),
+                        "zeros": int(np.count_nonzero(values == 0)), "unique": int(np.unique(values).size)})
+    total = sum(t["values"] for t in tensors)
+    return {"tensors": tensors, "values": total,
+            "zero_share": round(sum(t["zeros"] for t in tensors) / total, 4) if total else 0.0,
+            "max_unique": max((t["unique"] for t in tensors), default=0)}

@@ -17,6 +17,7 @@ from ..core.params import ValidateParams
 from ..data import Dataset
 from . import litert
 from .costs import model_costs, totals
+from .flatbuffer import weight_stats
 from .sidecar import SUFFIX, read_contract
 from .tflite import FORMATS
 
@@ -145,7 +146,7 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
         "keras_agreement": mean("keras_agreement"),
         "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
         "latency_ms": latencies[0] if latencies else None, "latency_by_threads": latencies,
-        "params": None, "macs": None, "sparsity": None,
+        "params": None, "macs": None, "sparsity": None, "file_weights": weight_stats(blob),
     }
     if data.tasks:  # the headline numbers above are means over the tasks
         entry["tasks"] = per_task

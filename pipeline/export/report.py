@@ -297,7 +297,8 @@ def markdown(report: dict) -> str:
     entries = report["artefacts"]
     env = report.get("environment", {})
     header = ["file", "accuracy", "Keras", "agreement", "bytes", "gzip bytes", "p50 / p90 / p99 ms (1 thread)",
-              "p50 vs float32", "p50 ms (all cores)", "params", "MACs", "sparsity"]
+              "p50 vs float32", "p50 ms (all cores)", "params", "MACs", "sparsity", "zeros in file",
+              "distinct values"]
     by_file = {e["file"]: e for e in entries}
     rows = []
     for e in entries:
@@ -307,11 +308,14 @@ def markdown(report: dict) -> str:
                      f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f}",
                      "-" if (ratio := latency_ratio(e, by_file, fmt="float32")) is None else f"{ratio:.2f}×",
                      f"{many['p50']:.3f} ({many['threads']})",
-                     count(e["params"]), count(e["macs"]), pct(e["sparsity"])])
+                     count(e["params"]), count(e["macs"]), pct(e["sparsity"]),
+                     pct((e.get("file_weights") or {}).get("zero_share")),
+                     count((e.get("file_weights") or {}).get("max_unique"))])
     parts = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
              "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
              "one image, after warm-up, in ms; *vs float32*: its p50 over the float32 file's of the same model, "
-             "both timed in this run.\n\n", markdown_table(header, rows)]
+             "both timed in this run. *Sparsity* counts the Keras parent's zero weights; *zeros in file* and *distinct values* "
+             "(the most in any one weight tensor) are read from the file's own weight tensors.\n\n", markdown_table(header, rows)]
     tasks = list(entries[0].get("tasks", {})) if entries else []
     if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
         parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n\n",
