@@ -118,7 +118,7 @@ mtl-compare: $(VENV_STAMP) | data
 	$(CLI) mtl-compare $(ARGS)
 
 # The same student plain, with the config's augmentation, its teacher, and both; in tflite_out/recipes/.
-# Run with PARAMS=configs/tiny.yaml (or any config that sets augment and distill.teacher).
+# Run with PARAMS=configs/tiny.yaml (or any config that sets augment and distill.teacher): "both" is the config itself.
 recipe-compare: $(VENV_STAMP) | data
 	$(CLI) recipe-compare $(ARGS)
 

@@ -1,8 +1,8 @@
 """`mobiledeploy recipe-compare`: the same student on the same budget trained plain, with the config's
 augmentation, with its teacher (distillation), and with both.
 
-Each variant is trained by the train stage as ``models/<name>_<variant>.keras`` and converted to int8
-under ``tflite_out/recipes/`` (:mod:`pipeline.studies.variants`). The teacher is trained once, first,
+Each variant is trained by the train stage as ``models/<name>_<variant>.keras`` (both: the config's own
+``models/<name>.keras``) and converted to int8 under ``tflite_out/recipes/`` (:mod:`pipeline.studies.variants`). The teacher is trained once, first,
 if ``distill.teacher`` names a params file whose model is not current; its time is not in the table.
 """
 
@@ -23,10 +23,11 @@ OFF = {"augment": dataclasses.asdict(AugmentParams()), "distill": {"teacher": ""
 
 
 def variants(params: Params) -> dict[str, Params]:
-    """plain, augment, distill and both: the config with its augmentation and its teacher each on or off."""
-    changes = {"plain": OFF, "augment": {"distill": OFF["distill"]}, "distill": {"augment": OFF["augment"]},
-               "both": {}}
-    return {name: params.overlay({**change, "name": f"{params.name}_{name}"}) for name, change in changes.items()}
+    """plain, augment, distill and both: the config with its augmentation and its teacher each on or off.
+    both is the config itself, with its own name: its model is the config's, reused when current."""
+    changes = {"plain": OFF, "augment": {"distill": OFF["distill"]}, "distill": {"augment": OFF["augment"]}}
+    found = {name: params.overlay({**change, "name": f"{params.name}_{name}"}) for name, change in changes.items()}
+    return {**found, "both": params}
 
 
 def recipe_compare(params: Params, out_dir: Path = RECIPES_DIR) -> Path:
