@@ -116,27 +116,29 @@ def fed(params: Params, model, data: Dataset, source: Path) -> Dataset:
         params.augment)
 
 
-def teacher_for(params: Params, out: Path, parent: Path | None = None, data: Dataset | None = None
-                ) -> tuple[TeacherFile | None, dict]:
+def teacher_for(params: Params, out: Path, parent: Path | None = None, data: Dataset | None = None,
+                train: Callable[[Params], Path] | None = None) -> tuple[TeacherFile | None, dict]:
     """The teacher of the stage that writes ``out`` (None without one), and the distillation settings
     for its record and key (the teacher file's sha256 among them). A fine-tuning stage gives its
     ``parent`` and ``data``: with ``distill.from_parent`` the parent teaches. A ``distill.teacher``
-    params file names the model its config trains, trained here first if it is not current."""
+    params file names the model its config trains: the train stage gives ``train``, which trains it
+    first if it is not current; the stages after it require it."""
     d = params.distill
     knobs = {"temperature": d.temperature, "weight": d.weight}
     if parent is not None and d.from_parent:
         return TeacherFile(parent, d, data.contract), {"distill": {"teacher": "parent", **knobs}}
     if not d.teacher:
         return None, {"distill": {}}
-    path = teacher_model(params)
+    path = teacher_model(params, train)
     if path.resolve() == out.resolve():
         raise PipelineError(f"distill.teacher {path} is the model this stage writes: a model cannot teach itself")
     settings = {"teacher": d.teacher, "teacher_pixels": d.teacher_pixels, "teacher_sha256": path_hash(path), **knobs}
     return TeacherFile(path, d), {"distill": settings}
 
 
-def teacher_model(params: Params) -> Path:
-    """The model file ``distill.teacher`` names: itself, or the trained model of the params file it names."""
+def teacher_model(params: Params, train: Callable[[Params], Path] | None = None) -> Path:
+    """The model file ``distill.teacher`` names: itself, or the trained model of the params file it names
+    (trained by ``train`` if given)."""
     d = params.distill
     if not d.teacher_config:
         path = Path(d.teacher)
@@ -154,10 +156,8 @@ def teacher_model(params: Params) -> Path:
                             "trained model file instead (train it first with its own config)")
     if theirs.model.file:
         return require_model_file(trained_source(theirs))
-    if params.train.distribute == "multi_worker":  # its workers would all train it: it must be there already
+    if train is None or params.train.distribute == "multi_worker":  # (its workers would all train it)
         return require(trained_path(theirs.name), f"mobiledeploy train --params {d.teacher} (the teacher)")
-    from .train import train
-
     print(f"distill: the teacher is {d.teacher}'s model; training it first if it is not current", flush=True)
     return train(theirs)
 

@@ -28,7 +28,7 @@ def train(params: Params) -> Path:
     strategy = distribute.start(params.train.distribute)  # before TensorFlow runs anything
     data = load_dataset(params.data, params.seed)
     out = trained_path(params.name)
-    teacher, distilled = teacher_for(params, out)  # before seeding: a teacher trained first would move the seed
+    teacher, distilled = teacher_for(params, out, train=train)  # before seeding: training a teacher moves the seed
     seed_everything(params.seed)
     model = architectures.build(m.architecture, data.input_shape, data.num_classes, width=m.width,
                                 dropout=m.dropout, options=m.options, tasks=data.tasks)
