@@ -154,6 +154,8 @@ def test_training_pruning_and_recipe_compare_distil_from_a_config_or_the_parent(
                           check=False), "is the model this stage writes: a model cannot teach itself")
     fails_cleanly(run_cli("train", *SMOKE, *small, "--set", "distill.teacher=models", cwd=project, check=False),
                   "distill.teacher models is a folder, not a model file")
+    fails_cleanly(run_cli("train", *SMOKE, *small, "--set", "distill.teacher=/dev/null", cwd=project, check=False),
+                  "distill.teacher /dev/null is not a regular file")
 
     out = run_cli("prune", *SMOKE, *small, "--set", "distill.from_parent=true", cwd=project).stdout
     assert "distilled from models/smoke.keras" in out

@@ -6,6 +6,7 @@ from conftest import SMOKE, fails_cleanly, run_cli, snapshot, tiny_dataset
 
 from pipeline import architectures
 from pipeline.compression.magnitude import make_schedule, prune_model
+from pipeline.core.errors import PipelineError
 from pipeline.core.params import ConvertParams, PruneParams
 from pipeline.export import litert
 from pipeline.export.costs import model_costs, totals
@@ -128,6 +129,8 @@ def test_the_zeros_and_distinct_values_of_a_file_are_read_from_its_weight_tensor
         assert {t["dtype"] for t in found["tensors"]} == {{"int8": "int8", "float32": "float32",
                                                            "float16": "float16"}[fmt]}
         assert found["max_unique"] <= (256 if fmt == "int8" else kernels)
+    with pytest.raises(PipelineError, match=r"^its weights cannot be read: not a readable TFLite flatbuffer"):
+        weight_stats(b"not a flatbuffer")
 
 
 def test_layers_below_min_weights_stay_dense(trained):
@@ -150,8 +153,6 @@ def test_two_by_four_sparsity_leaves_two_zeros_in_every_block_of_four_input_chan
 
 
 def test_the_xnnpack_policy_refuses_a_model_it_cannot_run_sparse_saying_why(trained):
-    from pipeline.core.errors import PipelineError
-
     p = PruneParams(final_sparsity=0.5, epochs=1, begin_epoch=0, end_epoch=1, policy="xnnpack")
     with pytest.raises(PipelineError, match="does not fit XNNPACK sparse inference: .*Conv2D 3x3.*stride 2x2"):
         prune_model(trained, DATA, p, seed=0)

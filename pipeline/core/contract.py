@@ -133,6 +133,14 @@ def gives_probabilities(scores: Any) -> bool:
     return bool(scores.min() >= -1e-6 and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
 
 
+def by_output(model, scores) -> dict[str, Any]:
+    """A model's outputs keyed by output name, whether it returns a dict, a list or one tensor."""
+    if isinstance(scores, dict):
+        return dict(scores)
+    scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    return dict(zip(model.output_names, scores))
+
+
 def logits_by_output(outputs: dict[str, Any]) -> dict[str, bool]:
     """Output name -> True if that output gives logits (see :func:`gives_probabilities`)."""
     return {name: not gives_probabilities(scores) for name, scores in outputs.items()}

@@ -61,7 +61,14 @@ def weight_stats(blob: bytes) -> dict:
     zero and how many distinct values it holds; and over them all, the share of zeros and the largest
     count of distinct values. This is the file's own truth: zeros that pruning made and quantization or
     conversion kept, and the few values that clustering leaves."""
-    schema = _schema()
+    try:
+        return _weight_stats(_schema(), blob)
+    except Exception as exc:  # a malformed flatbuffer fails in many ways (IndexError, struct.error, ...)
+        raise PipelineError(f"its weights cannot be read: not a readable TFLite flatbuffer "
+                            f"({exc.__class__.__name__})") from None
+
+
+def _weight_stats(schema, blob: bytes) -> dict:
     model = schema.Model.GetRootAs(blob, 0)
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     subgraph = model.Subgraphs(0)

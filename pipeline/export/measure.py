@@ -138,6 +138,10 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
         return None if None in values else round(float(np.mean(values)), 5)
 
     blob = path.read_bytes()
+    try:
+        weights = weight_stats(blob)
+    except PipelineError as exc:
+        raise PipelineError(f"{path}: {exc}") from None
     entry = {
         "file": path.as_posix(), "sha256": file_hash(path), "record_key": record.get("key"),
         "model": record.get("model", model), "format": record.get("format", fmt),
@@ -146,7 +150,7 @@ def measure(path: Path, data: Dataset, v: ValidateParams, parents: KerasParents 
         "keras_agreement": mean("keras_agreement"),
         "size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
         "latency_ms": latencies[0] if latencies else None, "latency_by_threads": latencies,
-        "params": None, "macs": None, "sparsity": None, "file_weights": weight_stats(blob),
+        "params": None, "macs": None, "sparsity": None, "file_weights": weights,
     }
     if data.tasks:  # the headline numbers above are means over the tasks
         entry["tasks"] = per_task

@@ -143,7 +143,8 @@ def teacher_model(params: Params, train: Callable[[Params], Path] | None = None)
     if not d.teacher_config:
         path = Path(d.teacher)
         if not path.is_file():
-            what = "is a folder, not a model file" if path.is_dir() else "not found"
+            what = ("is a folder, not a model file" if path.is_dir() else "is not a regular file" if path.exists()
+                    else "not found")
             raise PipelineError(f"distill.teacher {path} {what} (a Keras .keras or .h5 file, or a params file whose "
                                 "trained model teaches; relative to the folder you run in)")
         return path

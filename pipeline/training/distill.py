@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.contract import InputContract, logits_by_output, resolve
+from ..core.contract import InputContract, by_output, logits_by_output, resolve
 from ..core.errors import PipelineError
 from ..core.framework import tf
 from ..core.keras_io import check_fits_data, load_model
@@ -37,16 +37,10 @@ class Teacher:
     temperature: float
     weight: float
 
-    def named(self, out) -> dict:
-        """The teacher's outputs keyed by output name."""
-        if not isinstance(out, dict):
-            out = dict(zip(self.model.output_names, out if isinstance(out, (list, tuple)) else [out]))
-        return out
-
     def logits_for(self, x, names: tuple[str, ...]) -> dict:
         """The teacher's logits for a student input batch, keyed by the student's output (task) names:
         the same names for multi-task models, the one output for single-task ones."""
-        out = self.named(self.model(x * self.scale + self.offset, training=False))
+        out = by_output(self.model, self.model(x * self.scale + self.offset, training=False))
         if len(out) == 1:
             (name, value), = out.items()
             return {names[0]: as_logits(value, self.logits[name])}
@@ -112,7 +106,7 @@ def load_teacher(path: Path, p: DistillParams, data: Dataset, contract: InputCon
     offset = t_offset - s_offset * scale
     teacher = Teacher(model, where, scale, offset, {}, p.temperature, p.weight)
     probe = {name: np.asarray(value) for name, value in
-             teacher.named(model(contract.apply(data.x_train[:32]), training=False)).items()}
+             by_output(model, model(contract.apply(data.x_train[:32]), training=False)).items()}
     if not all(np.isfinite(value).all() for value in probe.values()):
         raise PipelineError(f"{where} gives non-finite outputs (NaN or inf) on training images: it cannot teach")
     teacher.logits = logits_by_output(probe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.contract import RAW, InputContract, logits_by_output
+from ..core.contract import RAW, InputContract, by_output, logits_by_output
 from ..core.errors import PipelineError
 from ..core.framework import keras, tf
 from ..core.params import AugmentParams, TrainParams
@@ -74,14 +74,6 @@ def as_dataset(x, y: np.ndarray | None, batch_size: int, shuffle_seed: int | Non
         options.autotune.enabled = False
         return ds.prefetch(2).with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def by_output(model, scores) -> dict[str, np.ndarray]:
-    """A model's outputs keyed by output name, whether it returns a dict, a list or one tensor."""
-    if isinstance(scores, dict):
-        return dict(scores)
-    scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
-    return dict(zip(model.output_names, scores))
 
 
 def output_logits(model, data: Dataset) -> dict[str, bool]:
