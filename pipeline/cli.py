@@ -10,7 +10,15 @@ from pathlib import Path
 
 import click
 
-from .core.artifacts import pruned_path, report_path, require, tflite_path, trained_path, trained_source
+from .core.artifacts import (
+    aware_path,
+    pruned_path,
+    report_path,
+    require,
+    shipped_tflite,
+    trained_path,
+    trained_source,
+)
 from .core.errors import PipelineError, clip, short
 from .core.params import load_params, param_files, parse_override
 
@@ -24,8 +32,9 @@ CHAIN = ("name", "seed", "data", "input", "model", "train", "augment", "distill"
 READS = {
     "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "prune"),
     "shrink": (*CHAIN, "structured", "convert.representative_samples", "validate"),
-    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, "prune", "convert"),
-    "validate": (*CHAIN, "prune", "convert", "validate"), "check": (*CHAIN, "prune", "convert", "validate", "check"),
+    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, "prune", "quantize", "convert"),
+    "validate": (*CHAIN, "prune", "quantize", "convert", "validate"),
+    "check": (*CHAIN, "prune", "quantize", "convert", "validate", "check"),
     "summary": ("seed", "data", "model"), "samples": ("seed", "data"), "pictures": ("name", "seed", "data"),
     "prune_compare": (*CHAIN, "prune", "structured", "convert", "validate"),
     "zoo": ("seed", "data", "model.dropout", "train", "augment", "distill", "convert", "validate", "zoo", "studies"),
@@ -139,7 +148,7 @@ def cli():
     """Train, prune, convert, validate and gate Keras CNNs for mobile (TFLite / LiteRT).
 
     Stages read their inputs from disk and write their outputs atomically:
-    train -> models/<name>.keras, prune -> models/<name>.pruned.keras,
+    train -> models/<name>.keras, prune -> models/<name>.pruned.keras, qat -> models/<name>.<aware>.h5,
     convert -> tflite_out/<model>.<format>.tflite, validate -> tflite_out/<name>.report.{json,md},
     check -> exit status 0 or a table of regressions.
     """
@@ -171,6 +180,17 @@ def train(params, **_):
 def prune(params, model_path, **_):
     """Magnitude-prune with TF-MOT, fine-tune, strip the masks; write the pruned model."""
     from .stages.prune import prune as run
+
+    run(params, model_path)
+
+
+@cli.command()
+@WORKERS_OPTION
+@MODEL_OPTION
+@stage_options
+def qat(params, model_path, **_):
+    """Quantization-aware training (quantize.aware: qat, or pqat on the pruned model); write the model."""
+    from .stages.qat import qat as run
 
     run(params, model_path)
 
@@ -281,9 +301,11 @@ def run_check(params, report, gates_path, update, recompute, params_file, overri
 @stage_options
 def run_all(params, params_file, overrides, **_):
     """The whole job, as `make all` does it: train (unless model.file), prune (unless prune.enabled is
-    false), convert, validate and check; each stage does nothing if its output is current."""
+    false), qat (if quantize.aware asks), convert, validate and check; each stage does nothing if its output
+    is current."""
     from .stages.convert import convert
     from .stages.prune import prune
+    from .stages.qat import qat
     from .stages.train import train
     from .stages.validate import validate
 
@@ -291,6 +313,8 @@ def run_all(params, params_file, overrides, **_):
         train(params)
     if params.prune.enabled:
         prune(params)
+    if params.quantize.aware != "none":
+        qat(params)
     convert(params)
     validate(params)
     run_check(params, None, None, False, False, params_file, overrides)
@@ -453,8 +477,6 @@ def make_word(path: str | Path) -> str:
 def paths(params, params_file, **_):
     """Print the artefact paths for these params as Make variables (used by the Makefile)."""
     name = params.name
-    stems = (name, f"{name}.pruned") if params.prune.enabled else (name,)
-    tflite = [tflite_path(stem, fmt) for stem in stems for fmt in params.convert.formats]
     words = lambda paths: " ".join(make_word(p) for p in paths)  # noqa: E731
     teacher = params.distill.teacher  # what training also depends on: the teacher's config and model, or its file
     taught = [] if not teacher else [Path(teacher)] if not params.distill.teacher_config else \
@@ -465,7 +487,8 @@ def paths(params, params_file, **_):
                f"TRAIN := {'no' if params.model.file else 'yes'}\n"
                f"TRAINED := {make_word(trained_source(params))}\n"
                f"PRUNED := {make_word(pruned_path(name)) if params.prune.enabled else ''}\n"
-               f"TFLITE := {words(tflite)}\n"
+               f"QAT := {make_word(aware_path(name, params.quantize.aware)) if params.quantize.aware != 'none' else ''}\n"
+               f"TFLITE := {words(shipped_tflite(params))}\n"
                f"REPORT := {make_word(report_path(name))}\n"
                f"GATES := {make_word(params.gates_path)}")
 

@@ -32,6 +32,21 @@ def pruned_path(name: str) -> Path:
     return MODELS_DIR / f"{name}.pruned.keras"
 
 
+def aware_path(name: str, aware: str) -> Path:
+    """A quantization-aware model (``aware``: qat, pqat): HDF5, the format tf_keras reloads TF-MOT's
+    quantize wrappers from (its .keras format loses track of their variables)."""
+    return MODELS_DIR / f"{name}.{aware}.h5"
+
+
+def shipped_tflite(params) -> list[Path]:
+    """The .tflite files a config ships: its trained and pruned models in each of ``convert.formats``,
+    and its quantization-aware model in int8 (fake quantization converts to int8 only)."""
+    name, aware = params.name, params.quantize.aware
+    stems = (name, f"{name}.pruned") if params.prune.enabled else (name,)
+    files = [tflite_path(stem, fmt) for stem in stems for fmt in params.convert.formats]
+    return files + ([tflite_path(f"{name}.{aware}", "int8")] if aware != "none" else [])
+
+
 def tflite_path(model: str, fmt: str) -> Path:
     return OUT_DIR / f"{model}.{fmt}.tflite"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -57,9 +58,12 @@ def _model_config(path: Path) -> Any:
 
 
 def _is_builtin(class_name: str) -> bool:
-    from .framework import keras
+    from .framework import keras, tfmot
 
     if class_name in KERAS_CLASSES:
+        return True
+    # TF-MOT's quantize wrappers, configs and quantizers: what a quantization-aware model is made of
+    if any(class_name in objects for objects in tfmot.quantization.keras.quantize_scope().custom_objects):
         return True
     modules = (keras.layers, keras.initializers, keras.regularizers, keras.constraints)
     return any(isinstance(getattr(module, class_name, None), type) for module in modules)
@@ -131,7 +135,7 @@ def load_model(path: Path):
     from .framework import keras, tfmot
 
     try:
-        with tfmot.sparsity.keras.prune_scope():
+        with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope():
             model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for bad files; all mean "cannot load"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
@@ -188,7 +192,12 @@ def flatten_nested(model):
 
 
 def save_model(model, path: Path, record: dict[str, Any]) -> None:
-    save_with_record(path, lambda tmp: model.save(tmp), record)
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():  # HDF5 is chosen on purpose (artifacts.aware_path): no "legacy" warning
+            warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
+            model.save(tmp)
+
+    save_with_record(path, save, record)
 
 
 def check_fits_data(model, data, path: Path) -> None:

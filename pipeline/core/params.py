@@ -244,6 +244,15 @@ class PruneParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantizeParams:
+    """Quantization-aware training (pipeline.compression.qat): fake quantization, fine-tuned, then int8."""
+    aware: Literal["none", "qat", "pqat"] = "none"  # qat: the trained model; pqat: the pruned one, zeros kept
+    epochs: int = bounded(2, 1, 1000)
+    batch_size: int = bounded(128, 1, 8192)
+    learning_rate: float = bounded(1e-4, 0, 10, open_low=True)
+
+
+@dataclasses.dataclass(frozen=True)
 class StructuredParams:
     criterion: Literal[CRITERIA] = "l1"
     scope: Literal["layer", "global"] = "layer"
@@ -342,6 +351,7 @@ class Params:
     augment: AugmentParams = AugmentParams()
     distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()
+    quantize: QuantizeParams = QuantizeParams()
     structured: StructuredParams = StructuredParams()
     convert: ConvertParams = ConvertParams()
     validate: ValidateParams = ValidateParams()
@@ -363,6 +373,8 @@ class Params:
         _check(not (self.augment.flip and self.data.source == "multifashion"), "augment.flip",
                "multifashion's labels name places (top_left, bottom_right): a mirrored image would put the "
                "top-left item on the right; leave flip off")
+        _check(self.quantize.aware != "pqat" or self.prune.enabled, "quantize.aware",
+               "pqat fine-tunes the pruned model, and prune.enabled is false (use qat, or enable pruning)")
         for task in self.train.task_weights:
             _check(task in tasks, f"train.task_weights.{task}",
                    f"not a task of the data; its tasks: {', '.join(tasks)}" if tasks else

@@ -24,7 +24,7 @@ from .measure import parse_name
 SCHEMA = 2
 # The params that decide what the shipped files are and how they are scored (data.dir only says where
 # the data lives: the test-set fingerprint says what it is). Latency settings and studies are left out.
-BOUND = ("name", "seed", "data", "input", "model", "train", "prune", "convert")
+BOUND = ("name", "seed", "data", "input", "model", "train", "prune", "quantize", "convert")
 UNBOUND = ("data.dir", "data.cache")  # where the data is and how it is held change no result
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_REPORT_BYTES = 64 << 20

@@ -1,4 +1,5 @@
-"""Stage 3: Keras models -> TFLite in float32, float16, dynamic-range int8 and full-integer int8."""
+"""Stage 3: Keras models -> TFLite in float32, float16, dynamic-range int8 and full-integer int8 (and
+int16x8 if asked); a quantization-aware model -> int8 only."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compression.qat import quantized_layers
 from ..core.artifacts import (
+    aware_path,
     derived,
     make_record,
     model_stem,
@@ -34,13 +37,16 @@ def sources(params: Params, model_path: Path | None) -> list[Path]:
            require_model_file(trained)]
     if params.prune.enabled:
         own.append(require(pruned_path(params.name), "mobiledeploy prune"))
+    if params.quantize.aware != "none":
+        own.append(require(aware_path(params.name, params.quantize.aware), "mobiledeploy qat"))
     for path in own:  # what the config ships must be what these params make
         refuse_foreign(path, params)
     return own
 
 
 def convert(params: Params, model_path: Path | None = None) -> list[Path]:
-    """Convert the trained and pruned models (or a user's ``model_path``) to every format in params."""
+    """Convert the trained and pruned models (or a user's ``model_path``) to every format in params, and
+    the quantization-aware model to int8."""
     paths = sources(params, model_path)
     data = load_dataset(params.data, params.seed)
     models = []
@@ -50,13 +56,16 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
         models.append((path, model, fed(params, model.model if model.kind != "saved_model" else None, data, path)))
     written = []
     for path, model, data in models:
+        formats = params.convert.formats
+        if model.keras is not None and quantized_layers(model.keras):  # fake quantization: int8 it is
+            formats = ["int8"]
         print(f"convert: {path}: input {data.contract.describe()}", flush=True)
         representative = (representative_data(data, params.convert, params.seed)
-                          if any(fmt in CALIBRATED for fmt in params.convert.formats) else None)
+                          if any(fmt in CALIBRATED for fmt in formats) else None)
         logits = logits_by_output(model.predict(data.contract.apply(data.x_train[:32])))  # for the sidecar
         pruned = (read_record(path) or {}).get("stage") == "prune"
         with Exporter(model) as exporter:  # exported once for all its formats
-            for fmt in params.convert.formats:
+            for fmt in formats:
                 out = derived(lambda stem: tflite_path(stem, fmt), path, params)  # noqa: B023 (called at once)
                 convert_file(exporter, path, fmt, out, params, data, representative, pruned=pruned)
                 write_sidecar(out, data.contract, data.input_shape, data.class_names, data.tasks, logits)

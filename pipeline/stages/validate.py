@@ -19,7 +19,7 @@ from ..core.artifacts import (
     place,
     read_record,
     report_path,
-    tflite_path,
+    shipped_tflite,
     write_bytes,
     write_json,
     write_text,
@@ -38,9 +38,7 @@ def discover(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     """The .tflite files to validate: this config's (its trained and pruned models in every format
     of params), or all those converted from ``keras_model``."""
     if keras_model is None:
-        stems = (params.name, f"{params.name}.pruned") if params.prune.enabled else (params.name,)
-        files = [f for stem in stems for fmt in params.convert.formats
-                 if (f := out_dir / tflite_path(stem, fmt).name).is_file()]
+        files = [f for path in shipped_tflite(params) if (f := out_dir / path.name).is_file()]
         what, made_by = f"of {params.name}", "mobiledeploy convert"
     else:
         wanted = keras_model.resolve()

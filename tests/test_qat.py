@@ -1,0 +1,124 @@
+"""qat: TF-MOT quantization-aware training on every registered architecture (its leading Rescaling
+left in float), pqat keeping the pruned zeros into the int8 file, the stage and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import SMOKE, fails_cleanly, run_cli, tiny_dataset
+
+from pipeline import architectures
+from pipeline.compression.qat import kept_in_float, qat_model, quantize_aware, quantized_layers
+from pipeline.core.errors import PipelineError
+from pipeline.core.framework import keras
+from pipeline.core.keras_io import load_model
+from pipeline.core.params import ParamsError, QuantizeParams, load_params
+from pipeline.export.flatbuffer import weight_stats
+from pipeline.export.tflite import to_tflite
+from pipeline.stages.qat import kernel_sparsity
+
+WEIGHTED = ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")
+
+
+def check_quantize_aware(model, aware: str) -> None:
+    """``model`` fake-quantized: its Rescaling untouched, every weighted layer wrapped, outputs near the float's."""
+    (scaling,) = kept_in_float(model)
+    qat = quantize_aware(model, aware)
+    kept = qat.get_layer(scaling)
+    assert type(kept).__name__ == "Rescaling"
+    assert kept.get_config()["scale"] == model.get_layer(scaling).get_config()["scale"]
+    wrapped = {wrapper.layer.name: wrapper for wrapper in quantized_layers(qat)}
+    weighted = [layer for layer in model.layers if type(layer).__name__ in WEIGHTED]
+    assert {layer.name for layer in weighted} <= set(wrapped) and scaling not in wrapped
+    for layer in weighted:  # the trained weights carried over
+        theirs = {w.name.split("/")[-1]: w.numpy() for w in wrapped[layer.name].trainable_weights}
+        for weight in layer.trainable_weights:
+            np.testing.assert_array_equal(theirs[weight.name.split("/")[-1]], weight.numpy())
+    x = np.random.default_rng(0).uniform(0, 255, (8, *model.input_shape[1:])).astype(np.float32)
+    ours, theirs = model(x, training=False), qat(x, training=False)
+    for name in (ours if isinstance(ours, dict) else {"out": ours}):
+        a = ours[name] if isinstance(ours, dict) else ours
+        b = theirs[name] if isinstance(theirs, dict) else theirs
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.06)  # fake quantization's noise only
+
+
+@pytest.mark.parametrize("name", architectures.names())
+def test_every_registered_architecture_takes_qat_and_pqat_with_its_rescaling_in_float(name):
+    model = architectures.build(name, (28, 28, 1), 10, width=8)
+    for aware in ("qat", "pqat"):
+        check_quantize_aware(model, aware)
+
+
+def test_a_multi_task_model_takes_qat_with_one_head_per_task():
+    check_quantize_aware(architectures.build("plain_cnn", (28, 28, 1), 10, width=8, tasks=("a", "b")), "qat")
+
+
+def test_a_layer_tf_mot_cannot_quantize_is_refused_naming_it():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.LayerNormalization(name="odd_norm")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    for aware in ("qat", "pqat"):
+        with pytest.raises(PipelineError, match=r"cannot quantize layer odd_norm \(LayerNormalization\)"):
+            quantize_aware(model, aware)
+
+
+def test_pqat_keeps_the_pruned_zeros_into_the_int8_file():
+    data = tiny_dataset()
+    model = architectures.build("tiny", data.input_shape, data.num_classes)
+    for layer in model.layers:  # half of every kernel zeroed, as magnitude pruning leaves it
+        if type(layer).__name__ in WEIGHTED:
+            kernel = layer.kernel.numpy()
+            kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0
+            layer.kernel.assign(kernel)
+    before = kernel_sparsity([layer for layer in model.layers if type(layer).__name__ in WEIGHTED])
+    assert before >= 0.49
+    found = {}
+    for aware in ("qat", "pqat"):
+        qat, keep = qat_model(model, data, QuantizeParams(aware=aware, epochs=2, learning_rate=3e-3), seed=0)
+        assert keep.epochs_run == 2
+        found[aware] = kernel_sparsity(quantized_layers(qat)), weight_stats(
+            to_tflite(qat, "int8", data.x_train[:20].astype(np.float32)))["zero_share"]
+    assert found["pqat"][0] >= before and found["pqat"][1] >= before - 0.01, found  # measured from the file
+    assert found["qat"][0] < 0.1, found  # plain QAT lets the zeros move: the check can tell
+
+
+@pytest.mark.e2e
+def test_the_qat_stage_writes_a_model_whose_int8_file_is_validated_against_it(copy_of_smoke):
+    project, small = copy_of_smoke, ("--set", "quantize.aware=pqat", "--set", "quantize.epochs=1")
+    out = run_cli("qat", *SMOKE, *small, cwd=project).stdout
+    assert "kept in float: rescale" in out and "models/smoke.pqat.h5" in out
+    record = json.loads((project / "models/smoke.pqat.h5.json").read_text())
+    assert record["metrics"]["kernel_sparsity"] >= record["metrics"]["parent_kernel_sparsity"] > 0.4
+    assert quantized_layers(load_model(project / "models/smoke.pqat.h5"))  # reloads as a quantization-aware model
+    assert "up to date" in run_cli("qat", *SMOKE, *small, cwd=project).stdout
+    run_cli("convert", *SMOKE, *small, cwd=project)
+    assert not list((project / "tflite_out").glob("smoke.pqat.float*.tflite"))  # int8 only
+    run_cli("validate", *SMOKE, *small, cwd=project)
+    report = json.loads((project / "tflite_out/smoke.report.json").read_text())
+    (entry,) = [e for e in report["artefacts"] if e["file"].endswith("smoke.pqat.int8.tflite")]
+    assert entry["keras_model"].endswith("models/smoke.pqat.h5")
+    assert entry["keras_agreement"] >= 0.97, entry
+    assert entry["file_weights"]["zero_share"] >= 0.4
+
+    fails_cleanly(run_cli("qat", *SMOKE, cwd=project, check=False), "quantize.aware is none")
+    fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=pqat", "--set", "prune.enabled=false", cwd=project,
+                          check=False), "quantize.aware", "prune.enabled is false")
+    fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=qat", "--model", "models/smoke.pruned.keras",
+                          cwd=project, check=False), "already a pruned model")
+
+
+def test_quantize_params_refuse_what_they_cannot_do():
+    with pytest.raises(ParamsError, match="quantize.aware"):
+        load_params("params.yaml", ["quantize.aware=cluster"])
+    with pytest.raises(ParamsError, match="quantize.epochs"):
+        load_params("params.yaml", ["quantize.epochs=0"])
+    from pipeline.cli import cli
+
+    paths = CliRunner().invoke(cli, ["paths", "--set", "quantize.aware=qat"]).output
+    assert "QAT := models/fmnist_cnn.qat.h5" in paths and "tflite_out/fmnist_cnn.qat.int8.tflite" in paths
+    assert "QAT := \n" in CliRunner().invoke(cli, ["paths"]).output
