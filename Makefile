@@ -21,7 +21,7 @@ FIT_ARGS := $(ARGS) $(if $(WORKERS),--workers $(WORKERS))
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all train prune qat convert validate check gates zoo mtl-compare recipe-compare shrink sensitivity prune-compare pictures \
+.PHONY: all train prune cluster qat convert validate check gates zoo mtl-compare recipe-compare shrink sensitivity prune-compare pictures \
         samples test test-fast bad-input-table diff data debian-dataset clean help lock
 .DELETE_ON_ERROR:
 
@@ -29,7 +29,7 @@ all: check
 
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: all train prune qat convert validate check gates diff zoo mtl-compare recipe-compare shrink sensitivity prune-compare"
+	@echo "targets: all train prune cluster qat convert validate check gates diff zoo mtl-compare recipe-compare shrink sensitivity prune-compare"
 	@echo "         pictures samples test test-fast bad-input-table diff data clean lock"
 
 $(VENV_STAMP): pyproject.toml requirements.lock
@@ -45,7 +45,8 @@ lock:
 	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock && rm -rf .lock-venv
 
-# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TEACHER, TRAINED, PRUNED, QAT, TFLITE, REPORT, GATES), written
+# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TEACHER, TRAINED, PRUNED, CLUSTERED, QAT, TFLITE,
+# REPORT, GATES), written
 # by the CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
 PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS))$(if $(MODEL),.$(subst /,_,$(MODEL))).mk
 $(PATHS_MK): $(PARAMS) $(VENV_STAMP)
@@ -69,6 +70,7 @@ debian-dataset:
 
 train: $(TRAINED)
 prune: $(PRUNED)
+cluster: $(CLUSTERED)
 qat: $(QAT)
 convert: $(TFLITE)
 validate: $(REPORT)
@@ -91,13 +93,19 @@ $(PRUNED): $(TRAINED) $(PARAM_FILES) | data
 	$(CLI) prune $(FIT_ARGS)
 endif
 
-# quantize.aware (qat, pqat): quantization-aware training of the trained or pruned model
+# cluster.enabled: weight clustering of the pruned model (the trained one without pruning)
+ifneq ($(CLUSTERED),)
+$(CLUSTERED): $(TRAINED) $(PRUNED) $(PARAM_FILES) | data
+	$(CLI) cluster $(FIT_ARGS)
+endif
+
+# quantize.aware (qat, pqat, cqat, pcqat): quantization-aware training of the trained, pruned or clustered model
 ifneq ($(QAT),)
-$(QAT): $(TRAINED) $(PRUNED) $(PARAM_FILES) | data
+$(QAT): $(TRAINED) $(PRUNED) $(CLUSTERED) $(PARAM_FILES) | data
 	$(CLI) qat $(FIT_ARGS)
 endif
 
-$(TFLITE) &: $(TRAINED) $(PRUNED) $(QAT) $(PARAM_FILES)
+$(TFLITE) &: $(TRAINED) $(PRUNED) $(CLUSTERED) $(QAT) $(PARAM_FILES)
 	$(CLI) convert $(ARGS)
 
 $(REPORT): $(TFLITE) $(PARAM_FILES)

@@ -12,6 +12,7 @@ import click
 
 from .core.artifacts import (
     aware_path,
+    clustered_path,
     pruned_path,
     report_path,
     require,
@@ -32,9 +33,9 @@ CHAIN = ("name", "seed", "data", "input", "model", "train", "augment", "distill"
 READS = {
     "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "prune"),
     "shrink": (*CHAIN, "structured", "convert.representative_samples", "validate"),
-    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, "prune", "quantize", "convert"),
-    "validate": (*CHAIN, "prune", "quantize", "convert", "validate"),
-    "check": (*CHAIN, "prune", "quantize", "convert", "validate", "check"),
+    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, "prune", "cluster", "quantize", "convert"),
+    "validate": (*CHAIN, "prune", "cluster", "quantize", "convert", "validate"),
+    "check": (*CHAIN, "prune", "cluster", "quantize", "convert", "validate", "check"),
     "summary": ("seed", "data", "model"), "samples": ("seed", "data"), "pictures": ("name", "seed", "data"),
     "prune_compare": (*CHAIN, "prune", "structured", "convert", "validate"),
     "zoo": ("seed", "data", "model.dropout", "train", "augment", "distill", "convert", "validate", "zoo", "studies"),
@@ -148,7 +149,8 @@ def cli():
     """Train, prune, convert, validate and gate Keras CNNs for mobile (TFLite / LiteRT).
 
     Stages read their inputs from disk and write their outputs atomically:
-    train -> models/<name>.keras, prune -> models/<name>.pruned.keras, qat -> models/<name>.<aware>.h5,
+    train -> models/<name>.keras, prune -> models/<name>.pruned.keras, cluster -> models/<name>.clustered.keras,
+    qat -> models/<name>.<aware>.h5,
     convert -> tflite_out/<model>.<format>.tflite, validate -> tflite_out/<name>.report.{json,md},
     check -> exit status 0 or a table of regressions.
     """
@@ -188,8 +190,19 @@ def prune(params, model_path, **_):
 @WORKERS_OPTION
 @MODEL_OPTION
 @stage_options
+def cluster(params, model_path, **_):
+    """Weight clustering (cluster.enabled) of the pruned model, or the trained one; write the clustered model."""
+    from .stages.cluster import cluster as run
+
+    run(params, model_path)
+
+
+@cli.command()
+@WORKERS_OPTION
+@MODEL_OPTION
+@stage_options
 def qat(params, model_path, **_):
-    """Quantization-aware training (quantize.aware: qat, or pqat on the pruned model); write the model."""
+    """Quantization-aware training (quantize.aware: qat, pqat, cqat, pcqat); write the model."""
     from .stages.qat import qat as run
 
     run(params, model_path)
@@ -301,8 +314,9 @@ def run_check(params, report, gates_path, update, recompute, params_file, overri
 @stage_options
 def run_all(params, params_file, overrides, **_):
     """The whole job, as `make all` does it: train (unless model.file), prune (unless prune.enabled is
-    false), qat (if quantize.aware asks), convert, validate and check; each stage does nothing if its output
+    false), cluster and qat (if cluster.enabled and quantize.aware ask), convert, validate and check; each stage does nothing if its output
     is current."""
+    from .stages.cluster import cluster
     from .stages.convert import convert
     from .stages.prune import prune
     from .stages.qat import qat
@@ -313,6 +327,8 @@ def run_all(params, params_file, overrides, **_):
         train(params)
     if params.prune.enabled:
         prune(params)
+    if params.cluster.enabled:
+        cluster(params)
     if params.quantize.aware != "none":
         qat(params)
     convert(params)
@@ -487,6 +503,7 @@ def paths(params, params_file, **_):
                f"TRAIN := {'no' if params.model.file else 'yes'}\n"
                f"TRAINED := {make_word(trained_source(params))}\n"
                f"PRUNED := {make_word(pruned_path(name)) if params.prune.enabled else ''}\n"
+               f"CLUSTERED := {make_word(clustered_path(name)) if params.cluster.enabled else ''}\n"
                f"QAT := {make_word(aware_path(name, params.quantize.aware)) if params.quantize.aware != 'none' else ''}\n"
                f"TFLITE := {words(shipped_tflite(params))}\n"
                f"REPORT := {make_word(report_path(name))}\n"

@@ -46,9 +46,9 @@ def check_quantize_aware(model, aware: str) -> None:
 
 
 @pytest.mark.parametrize("name", architectures.names())
-def test_every_registered_architecture_takes_qat_and_pqat_with_its_rescaling_in_float(name):
+def test_every_registered_architecture_takes_every_scheme_with_its_rescaling_in_float(name):
     model = architectures.build(name, (28, 28, 1), 10, width=8)
-    for aware in ("qat", "pqat"):
+    for aware in ("qat", "pqat", "cqat", "pcqat"):
         check_quantize_aware(model, aware)
 
 

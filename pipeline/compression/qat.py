@@ -33,7 +33,9 @@ INPUT_SCALING = ("Rescaling", "Normalization")  # left in float when they read t
 def _schemes() -> dict:
     combine = tfmot.experimental.combine
     return {"qat": quantization.default_8bit.Default8BitQuantizeScheme,
-            "pqat": combine.Default8BitPrunePreserveQuantizeScheme}
+            "pqat": combine.Default8BitPrunePreserveQuantizeScheme,
+            "cqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
+            "pcqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)}
 
 
 def kept_in_float(model) -> list[str]:
@@ -60,8 +62,9 @@ class _LeaveInputScaling:
 
 
 def quantize_aware(model, aware: str):
-    """``model`` (unchanged) fake-quantized by TF-MOT's ``aware`` scheme ("qat", or "pqat": the zeros
-    pruning left are kept through fine-tuning), with its trained weights and batch-norm statistics.
+    """``model`` (unchanged) fake-quantized by TF-MOT's ``aware`` scheme, with its trained weights and
+    batch-norm statistics: "qat"; "pqat" keeps the zeros pruning left through fine-tuning; "cqat" keeps
+    the clusters (per output channel, as int8 scales are); "pcqat" keeps both.
     A layer TF-MOT cannot quantize is refused with one line naming it."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -107,4 +110,21 @@ def qat_model(model, data: Dataset, q: QuantizeParams, seed: int, state_dir: Pat
     keep = fit_resumable(target, feed, q.epochs, state_dir, key, strategy=strategy, callbacks=[Diverged(
         "quantization-aware training", divergence_hint(data.tasks, "quantize.learning_rate"))])
     with quantization.quantize_scope():
-        return distribute.local_copy(aware, strategy), keep
+        return as_default_scheme(distribute.local_copy(aware, strategy), model, q.aware), keep
+
+
+def as_default_scheme(aware, model, scheme: str):
+    """The fine-tuned ``aware`` model (of ``scheme``) as a model of TF-MOT's default scheme on ``model``'s
+    layers, with the same weights and ranges: the same outputs, and a file tf_keras reloads.
+
+    The preserving schemes differ from the default only in how they train: their weight quantizers
+    write the kept zeros and clusters into each kernel on every training step, and hold extra variables
+    for it (masks, centroids, indices) that tf_keras cannot rebuild on load. Every variable of the
+    default-scheme model has a namesake in ``aware``."""
+    if scheme == "qat":
+        return aware
+    plain = quantize_aware(model, "qat")
+    theirs = {v.name: v for v in aware.weights}
+    for variable in plain.weights:
+        variable.assign(theirs[variable.name])
+    return plain

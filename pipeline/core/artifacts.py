@@ -32,6 +32,10 @@ def pruned_path(name: str) -> Path:
     return MODELS_DIR / f"{name}.pruned.keras"
 
 
+def clustered_path(name: str) -> Path:
+    return MODELS_DIR / f"{name}.clustered.keras"
+
+
 def aware_path(name: str, aware: str) -> Path:
     """A quantization-aware model (``aware``: qat, pqat): HDF5, the format tf_keras reloads TF-MOT's
     quantize wrappers from (its .keras format loses track of their variables)."""
@@ -39,10 +43,11 @@ def aware_path(name: str, aware: str) -> Path:
 
 
 def shipped_tflite(params) -> list[Path]:
-    """The .tflite files a config ships: its trained and pruned models in each of ``convert.formats``,
-    and its quantization-aware model in int8 (fake quantization converts to int8 only)."""
+    """The .tflite files a config ships: its trained, pruned and clustered models in each of
+    ``convert.formats``, and its quantization-aware model in int8 (fake quantization converts to int8 only)."""
     name, aware = params.name, params.quantize.aware
-    stems = (name, f"{name}.pruned") if params.prune.enabled else (name,)
+    stems = (name, *[f"{name}.{stage}" for stage, on in (("pruned", params.prune.enabled),
+                                                       ("clustered", params.cluster.enabled)) if on])
     files = [tflite_path(stem, fmt) for stem in stems for fmt in params.convert.formats]
     return files + ([tflite_path(f"{name}.{aware}", "int8")] if aware != "none" else [])
 

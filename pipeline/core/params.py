@@ -244,9 +244,27 @@ class PruneParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterParams:
+    """Weight clustering (pipeline.compression.clustering): each chosen kernel keeps ``clusters`` values."""
+    enabled: bool = False
+    clusters: int = bounded(16, 2, 256)
+    init: Literal["kmeans_plus_plus", "linear", "density_based", "random"] = "kmeans_plus_plus"
+    min_weights: int = bounded(10000, 1, 10**9)  # kernels with fewer weights stay as they are...
+    layers: list[str] = dataclasses.field(default_factory=list)  # ...unless layers names them instead
+    epochs: int = bounded(2, 1, 1000)
+    batch_size: int = bounded(128, 1, 8192)
+    learning_rate: float = bounded(1e-4, 0, 10, open_low=True)
+
+    def validate(self) -> None:
+        _check(len(set(self.layers)) == len(self.layers), "cluster.layers", "names a layer twice")
+
+
+@dataclasses.dataclass(frozen=True)
 class QuantizeParams:
     """Quantization-aware training (pipeline.compression.qat): fake quantization, fine-tuned, then int8."""
-    aware: Literal["none", "qat", "pqat"] = "none"  # qat: the trained model; pqat: the pruned one, zeros kept
+    # qat: the trained model; pqat: the pruned one, zeros kept; cqat: the clustered one, clusters kept;
+    # pcqat: the clustered one made from the pruned one, zeros and clusters kept
+    aware: Literal["none", "qat", "pqat", "cqat", "pcqat"] = "none"
     epochs: int = bounded(2, 1, 1000)
     batch_size: int = bounded(128, 1, 8192)
     learning_rate: float = bounded(1e-4, 0, 10, open_low=True)
@@ -351,6 +369,7 @@ class Params:
     augment: AugmentParams = AugmentParams()
     distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()
+    cluster: ClusterParams = ClusterParams()
     quantize: QuantizeParams = QuantizeParams()
     structured: StructuredParams = StructuredParams()
     convert: ConvertParams = ConvertParams()
@@ -373,8 +392,13 @@ class Params:
         _check(not (self.augment.flip and self.data.source == "multifashion"), "augment.flip",
                "multifashion's labels name places (top_left, bottom_right): a mirrored image would put the "
                "top-left item on the right; leave flip off")
-        _check(self.quantize.aware != "pqat" or self.prune.enabled, "quantize.aware",
-               "pqat fine-tunes the pruned model, and prune.enabled is false (use qat, or enable pruning)")
+        aware = self.quantize.aware
+        _check(aware not in ("pqat", "pcqat") or self.prune.enabled, "quantize.aware",
+               f"{aware} keeps the pruned zeros, and prune.enabled is false (enable pruning, or use "
+               f"{'qat' if aware == 'pqat' else 'cqat'})")
+        _check(aware not in ("cqat", "pcqat") or self.cluster.enabled, "quantize.aware",
+               f"{aware} fine-tunes the clustered model, and cluster.enabled is false (enable clustering, or use "
+               f"{'qat' if aware == 'cqat' else 'pqat'})")
         for task in self.train.task_weights:
             _check(task in tasks, f"train.task_weights.{task}",
                    f"not a task of the data; its tasks: {', '.join(tasks)}" if tasks else

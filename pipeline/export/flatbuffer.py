@@ -58,8 +58,8 @@ WEIGHT_TYPES = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16", "FLOAT16": "
 def weight_stats(blob: bytes) -> dict:
     """What the file's weights are, read from its constant buffers: per weight tensor (a constant of at
     least two dimensions and of a weight type: kernels, not biases or shapes) its values, how many are
-    zero and how many distinct values it holds; and over them all, the share of zeros and the largest
-    count of distinct values. This is the file's own truth: zeros that pruning made and quantization or
+    zero, how many distinct values it holds and the most in one output channel; and over them all, the
+    share of zeros and the largest counts of distinct values. This is the file's own truth: zeros that pruning made and quantization or
     conversion kept, and the few values that clustering leaves."""
     try:
         return _weight_stats(_schema(), blob)
@@ -83,8 +83,23 @@ def _weight_stats(schema, blob: bytes) -> dict:
             continue
         values = np.frombuffer(buffer.DataAsNumpy().tobytes(), dtype=kind)
         tensors.append({"name": tensor.Name().decode(errors="replace"), "dtype": kind, "values": int(values.size),
-                        "zeros": int(np.count_nonzero(values == 0)), "unique": int(np.unique(values).size)})
+                        "zeros": int(np.count_nonzero(values == 0)), "unique": int(np.unique(values).size),
+                        "unique_per_channel": _per_channel(values, tensor)})
     total = sum(t["values"] for t in tensors)
     return {"tensors": tensors, "values": total,
             "zero_share": round(sum(t["zeros"] for t in tensors) / total, 4) if total else 0.0,
-            "max_unique": max((t["unique"] for t in tensors), default=0)}
+            "max_unique": max((t["unique"] for t in tensors), default=0),
+            "max_unique_per_channel": max((t["unique_per_channel"] for t in tensors), default=0)}
+
+
+def _per_channel(values: np.ndarray, tensor) -> int:
+    """The most distinct values in one output channel: along the quantized dimension of a tensor with a
+    scale per channel (int8 kernels; their values repeat within a channel, as clustering leaves them,
+    not across channels, whose scales differ), along the first dimension otherwise."""
+    shape = tensor.ShapeAsNumpy()
+    quantization = tensor.Quantization()
+    axis = quantization.QuantizedDimension() if quantization is not None and quantization.ScaleLength() > 1 else 0
+    if values.size != int(np.prod(shape)) or not 0 <= axis < len(shape):
+        raise ValueError("a weight buffer that does not fit its tensor's shape")
+    channels = np.moveaxis(values.reshape(shape), axis, 0).reshape(int(shape[axis]), -1)
+    return max(int(np.unique(channel).size) for channel in channels)

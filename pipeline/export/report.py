@@ -24,7 +24,7 @@ from .measure import parse_name
 SCHEMA = 2
 # The params that decide what the shipped files are and how they are scored (data.dir only says where
 # the data lives: the test-set fingerprint says what it is). Latency settings and studies are left out.
-BOUND = ("name", "seed", "data", "input", "model", "train", "prune", "quantize", "convert")
+BOUND = ("name", "seed", "data", "input", "model", "train", "prune", "cluster", "quantize", "convert")
 UNBOUND = ("data.dir", "data.cache")  # where the data is and how it is held change no result
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_REPORT_BYTES = 64 << 20
@@ -298,7 +298,7 @@ def markdown(report: dict) -> str:
     env = report.get("environment", {})
     header = ["file", "accuracy", "Keras", "agreement", "bytes", "gzip bytes", "p50 / p90 / p99 ms (1 thread)",
               "p50 vs float32", "p50 ms (all cores)", "params", "MACs", "sparsity", "zeros in file",
-              "distinct values"]
+              "distinct values", "per channel"]
     by_file = {e["file"]: e for e in entries}
     rows = []
     for e in entries:
@@ -310,12 +310,14 @@ def markdown(report: dict) -> str:
                      f"{many['p50']:.3f} ({many['threads']})",
                      count(e["params"]), count(e["macs"]), pct(e["sparsity"]),
                      pct((e.get("file_weights") or {}).get("zero_share")),
-                     count((e.get("file_weights") or {}).get("max_unique"))])
+                     count((e.get("file_weights") or {}).get("max_unique")),
+                     count((e.get("file_weights") or {}).get("max_unique_per_channel"))])
     parts = [f"# Validation report\n\nTest set: {report['dataset']}, {report['test_examples']} examples. "
              "Accuracy and agreement in %; agreement is top-1 agreement with the Keras parent. Latency: "
              "one image, after warm-up, in ms; *vs float32*: its p50 over the float32 file's of the same model, "
-             "both timed in this run. *Sparsity* counts the Keras parent's zero weights; *zeros in file* and *distinct values* "
-             "(the most in any one weight tensor) are read from the file's own weight tensors.\n\n", markdown_table(header, rows)]
+             "both timed in this run. *Sparsity* counts the Keras parent's zero weights; *zeros in file*, *distinct values* "
+             "(the most in any one weight tensor) and *per channel* (the most in one output channel of one, where int8 "
+             "scales are per channel) are read from the file's own weight tensors.\n\n", markdown_table(header, rows)]
     tasks = list(entries[0].get("tasks", {})) if entries else []
     if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
         parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n\n",

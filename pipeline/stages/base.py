@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from ..core.artifacts import (
     check_writable,
+    derived,
     is_config_model,
     read_record,
     require,
@@ -98,6 +99,16 @@ def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]
     data = load_dataset(params.data, params.seed)
     check_fits_data(model, data, source)
     return source, model, fed(params, model, data, source)
+
+
+def made_from(params: Params, source: Path, model_path: Path | None, data: Dataset, path_of, stage: str):
+    """(path, model, data) of the model the ``stage`` stage made from ``source`` (``path_of``: how it is
+    named), for a stage that starts from it; one line with the command that makes it if it is missing."""
+    path = require(derived(path_of, source, params), f"mobiledeploy {stage}" + (
+        f" --model {model_path}" if model_path else ""))
+    refuse_foreign(path, params)
+    model = load_model(path)
+    return path, model, fed(params, model, data, path)
 
 
 def require_model_file(path: Path) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 from ..compression.qat import quantized_layers
 from ..core.artifacts import (
     aware_path,
+    clustered_path,
     derived,
     make_record,
     model_stem,
@@ -37,6 +38,8 @@ def sources(params: Params, model_path: Path | None) -> list[Path]:
            require_model_file(trained)]
     if params.prune.enabled:
         own.append(require(pruned_path(params.name), "mobiledeploy prune"))
+    if params.cluster.enabled:
+        own.append(require(clustered_path(params.name), "mobiledeploy cluster"))
     if params.quantize.aware != "none":
         own.append(require(aware_path(params.name, params.quantize.aware), "mobiledeploy qat"))
     for path in own:  # what the config ships must be what these params make
@@ -45,8 +48,8 @@ def sources(params: Params, model_path: Path | None) -> list[Path]:
 
 
 def convert(params: Params, model_path: Path | None = None) -> list[Path]:
-    """Convert the trained and pruned models (or a user's ``model_path``) to every format in params, and
-    the quantization-aware model to int8."""
+    """Convert the trained, pruned and clustered models (or a user's ``model_path``) to every format in
+    params, and the quantization-aware model to int8."""
     paths = sources(params, model_path)
     data = load_dataset(params.data, params.seed)
     models = []

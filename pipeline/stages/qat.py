@@ -1,5 +1,6 @@
-"""Quantization-aware training: TF-MOT's fake quantization on the trained model (qat) or on the
-pruned one with its zeros kept (pqat), fine-tuned; ``models/<name>.<aware>.h5``, converted to int8."""
+"""Quantization-aware training: TF-MOT's fake quantization on the trained model (qat), the pruned one
+with its zeros kept (pqat), or the clustered one with its clusters kept (cqat; pcqat: from pruned, both
+kept), fine-tuned; ``models/<name>.<aware>.h5``, converted to int8."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import time
 from pathlib import Path
 
 from ..compression.qat import kept_in_float, qat_model, quantized_layers
-from ..core.artifacts import aware_path, derived, file_hash, make_record, pruned_path, require
+from ..core.artifacts import aware_path, clustered_path, derived, file_hash, make_record, pruned_path
 from ..core.errors import PipelineError
-from ..core.keras_io import load_model
 from ..core.params import Params
 from ..training import distribute
 from ..training.fit import split_accuracies
-from .base import fed, finetune_settings, load_parent, make, refuse_foreign, teacher_for
+from .base import finetune_settings, load_parent, made_from, make, teacher_for
 
 
 def kernel_sparsity(layers) -> float:
@@ -26,7 +26,7 @@ def kernel_sparsity(layers) -> float:
 
 def qat(params: Params, model_path: Path | None = None) -> Path:
     """Fine-tune the trained model (or a user's ``model_path``) with fake quantization, or its pruned
-    model for pqat; write ``models/<stem>.<aware>.h5``."""
+    model (pqat) or clustered model (cqat, pcqat); write ``models/<stem>.<aware>.h5``."""
     distribute.start(params.train.distribute)  # before TensorFlow runs anything
     q = params.quantize
     if q.aware == "none":
@@ -34,15 +34,15 @@ def qat(params: Params, model_path: Path | None = None) -> Path:
                             "(set it to qat or pqat, or leave this stage out)")
     source, model, data = load_parent(params, model_path, refuse=("prune",))
     parent = source
+    clustered = q.aware in ("cqat", "pcqat")
     if q.aware == "pqat":
-        parent = require(derived(pruned_path, source, params), "mobiledeploy prune" + (
-            f" --model {model_path}" if model_path else ""))
-        refuse_foreign(parent, params)
-        model = load_model(parent)
-        data = fed(params, model, data, parent)
+        parent, model, data = made_from(params, source, model_path, data, pruned_path, "prune")
+    elif clustered:
+        parent, model, data = made_from(params, source, model_path, data, clustered_path, "cluster")
     out = derived(lambda stem: aware_path(stem, q.aware), source, params)
     teacher, distilled = teacher_for(params, out, parent, data)
-    sections = ("data", "input", "augment", "quantize") + (("prune",) if q.aware == "pqat" else ())
+    sections = ("data", "input", "augment", "quantize", *(("prune",) if params.prune.enabled and q.aware != "qat"
+                                                          else ()), *(("cluster",) if clustered else ()))
     used = {**params.subset(*sections), **finetune_settings(params, data), **distilled}
     planned = make_record("qat", used, params.seed, {"model": file_hash(parent), "dataset": data.fingerprint},
                           parent=str(parent), dataset=data.source)

@@ -1,0 +1,114 @@
+"""cluster: TF-MOT weight clustering leaves each chosen kernel a few shared values (the zeros of a
+pruned model kept), CQAT and PCQAT keep them per output channel into the int8 file, and the whole
+chain (prune, cluster, PCQAT) runs as stages; every misuse gets one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SMOKE, fails_cleanly, run_cli, tiny_dataset
+
+from pipeline import architectures
+from pipeline.compression.clustering import chosen_layers, cluster_model, distinct_values
+from pipeline.compression.qat import as_default_scheme, qat_model, quantize_aware
+from pipeline.core.errors import PipelineError
+from pipeline.core.keras_io import load_model
+from pipeline.core.params import ClusterParams, ParamsError, QuantizeParams, load_params
+from pipeline.export.flatbuffer import weight_stats
+from pipeline.export.tflite import to_tflite
+
+DATA = tiny_dataset()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return architectures.build("tiny", DATA.input_shape, DATA.num_classes)
+
+
+def test_the_layers_to_cluster_are_chosen_by_size_or_by_name_and_misuse_is_refused(model):
+    assert chosen_layers(model, ClusterParams(min_weights=500)) == ["stage2_conv"]
+    assert chosen_layers(model, ClusterParams(layers=["predictions"], clusters=4)) == ["predictions"]
+    with pytest.raises(PipelineError, match="cluster.layers: 'rescale' is not a Conv2D, Dense, DepthwiseConv2D layer"):
+        chosen_layers(model, ClusterParams(layers=["rescale"]))
+    with pytest.raises(PipelineError, match="no layer of tiny has at least cluster.min_weights"):
+        chosen_layers(model, ClusterParams())
+    with pytest.raises(PipelineError, match="layer stage1_conv has 72 kernel weights, no more than cluster.clusters"):
+        chosen_layers(model, ClusterParams(layers=["stage1_conv"], clusters=100))
+
+
+def test_clustering_leaves_each_kernel_its_clusters_and_keeps_a_pruned_models_zeros(model):
+    pruned = architectures.build("tiny", DATA.input_shape, DATA.num_classes)
+    kernel = pruned.get_layer("stage2_conv").kernel
+    values = kernel.numpy()
+    values[np.abs(values) < np.median(np.abs(values))] = 0
+    kernel.assign(values)
+    c = ClusterParams(clusters=6, min_weights=500, epochs=1, batch_size=32)
+    for parent, keep_zeros in ((model, False), (pruned, True)):
+        stripped, names, keep = cluster_model(parent, DATA, c, seed=0, preserve_sparsity=keep_zeros)
+        assert names == ["stage2_conv"] and keep.epochs_run == 1
+        assert distinct_values(stripped, names)["stage2_conv"] <= 6 + keep_zeros
+        zeros = float((stripped.get_layer("stage2_conv").kernel.numpy() == 0).mean())
+        assert zeros >= 0.5 if keep_zeros else zeros < 0.2
+        assert distinct_values(stripped, ["stage1_conv"])["stage1_conv"] > 6  # left as it was
+
+
+@pytest.mark.parametrize("aware", ["cqat", "pcqat"])
+def test_cluster_preserving_qat_keeps_the_clusters_per_channel_in_the_int8_file_and_saves_as_default_qat(
+        model, aware, tmp_path):
+    c = ClusterParams(clusters=4, layers=["stage2_conv", "bottleneck_conv"], epochs=1, batch_size=32)
+    clustered, _, _ = cluster_model(model, DATA, c, seed=0, preserve_sparsity=False)
+    aware_model, _ = qat_model(clustered, DATA, QuantizeParams(aware=aware, epochs=1, batch_size=32), seed=0)
+    blob = to_tflite(aware_model, "int8", DATA.x_train[:20].astype(np.float32))
+    per_channel = {t["name"]: t["unique_per_channel"] for t in weight_stats(blob)["tensors"]}
+    clustered_tensors = [n for n in per_channel if "stage2_conv" in n or "bottleneck_conv" in n]
+    assert len(clustered_tensors) == 2 and all(per_channel[n] <= 4 for n in clustered_tensors), per_channel
+    assert max(per_channel[n] for n in per_channel if "stage1_conv" in n) > 4  # an unclustered kernel can tell
+    path = tmp_path / "aware.h5"
+    aware_model.save(path)
+    back = load_model(path)  # the default scheme: tf_keras reloads it
+    x = DATA.x_test[:16].astype(np.float32)
+    np.testing.assert_array_equal(back(x, training=False).numpy(), aware_model(x, training=False).numpy())
+
+
+def test_the_default_scheme_copy_gives_the_preserving_models_outputs(model):
+    preserving = quantize_aware(model, "pcqat")
+    x = DATA.x_test[:16].astype(np.float32)
+    np.testing.assert_array_equal(as_default_scheme(preserving, model, "pcqat")(x, training=False).numpy(),
+                                  preserving(x, training=False).numpy())
+
+
+@pytest.mark.e2e
+def test_prune_cluster_and_pcqat_run_as_stages_and_ship_an_int8_file_with_both_kept(copy_of_smoke):
+    project = copy_of_smoke
+    chain = ("--set", "cluster.enabled=true", "--set", "cluster.clusters=8", "--set", "cluster.min_weights=500",
+             "--set", "cluster.epochs=1", "--set", "quantize.aware=pcqat", "--set", "quantize.epochs=1")
+    out = run_cli("cluster", *SMOKE, *chain, cwd=project).stdout
+    assert "on models/smoke.pruned.keras" in out and "zeros kept" in out
+    record = json.loads((project / "models/smoke.clustered.keras.json").read_text())
+    assert set(record["metrics"]["clustered_layers"].values()) <= set(range(2, 10))
+    run_cli("qat", *SMOKE, *chain, cwd=project)
+    run_cli("convert", *SMOKE, *chain, cwd=project)
+    assert (project / "tflite_out/smoke.clustered.float32.tflite").is_file()
+    run_cli("validate", *SMOKE, *chain, cwd=project)
+    report = json.loads((project / "tflite_out/smoke.report.json").read_text())
+    (entry,) = [e for e in report["artefacts"] if e["file"].endswith("smoke.pcqat.int8.tflite")]
+    assert entry["keras_agreement"] >= 0.97 and entry["file_weights"]["zero_share"] >= 0.3, entry
+    clustered = [t for t in entry["file_weights"]["tensors"] if any(name in t["name"] for name in
+                                                                   record["metrics"]["clustered_layers"])]
+    assert clustered and all(t["unique_per_channel"] <= 9 for t in clustered), clustered
+
+    fails_cleanly(run_cli("cluster", *SMOKE, cwd=project, check=False), "cluster.enabled is false")
+    fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=cqat", cwd=project, check=False),
+                  "quantize.aware", "cluster.enabled is false")
+
+
+def test_cluster_params_refuse_what_they_cannot_do():
+    for override, key in (("cluster.clusters=1", "cluster.clusters"), ("cluster.init=kmeans", "cluster.init"),
+                          ("cluster.layers=[a, a]", "cluster.layers"),
+                          ("quantize.aware=pcqat", "quantize.aware")):
+        with pytest.raises(ParamsError, match=key):
+            load_params("params.yaml", [override])
+    with pytest.raises(ParamsError, match="pcqat keeps the pruned zeros"):
+        load_params("params.yaml", ["cluster.enabled=true", "prune.enabled=false", "quantize.aware=pcqat"])
