@@ -45,8 +45,8 @@ lock:
 	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock && rm -rf .lock-venv
 
-# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TEACHER, TRAINED, PRUNED, CLUSTERED, QAT, TFLITE,
-# REPORT, GATES), written
+# Artefact paths for $(PARAMS) (NAME, PARAM_FILES, TEACHER, TRAINED, SHRUNK, PRUNED, CLUSTERED, QAT,
+# TFLITE, REPORT, GATES), written
 # by the CLI so the Makefile and the pipeline never disagree. Also validates the params before any work.
 PATHS_MK := $(BUILD)/$(subst /,_,$(PARAMS))$(if $(MODEL),.$(subst /,_,$(MODEL))).mk
 $(PATHS_MK): $(PARAMS) $(VENV_STAMP)
@@ -88,24 +88,30 @@ endif
 # Every stage also depends on the params: Make then calls it after any params edit, and the stage
 # itself does nothing (and says so) if the params it uses and its inputs are unchanged.
 # prune.enabled: false leaves magnitude pruning out
+# structured.enabled: structured pruning is a stage, and the stages after it start from its model
+ifneq ($(SHRUNK),)
+$(SHRUNK): $(TRAINED) $(PARAM_FILES) | data
+	$(CLI) shrink $(FIT_ARGS)
+endif
+
 ifneq ($(PRUNED),)
-$(PRUNED): $(TRAINED) $(PARAM_FILES) | data
+$(PRUNED): $(TRAINED) $(SHRUNK) $(PARAM_FILES) | data
 	$(CLI) prune $(FIT_ARGS)
 endif
 
 # cluster.enabled: weight clustering of the pruned model (the trained one without pruning)
 ifneq ($(CLUSTERED),)
-$(CLUSTERED): $(TRAINED) $(PRUNED) $(PARAM_FILES) | data
+$(CLUSTERED): $(TRAINED) $(SHRUNK) $(PRUNED) $(PARAM_FILES) | data
 	$(CLI) cluster $(FIT_ARGS)
 endif
 
 # quantize.aware (qat, pqat, cqat, pcqat): quantization-aware training of the trained, pruned or clustered model
 ifneq ($(QAT),)
-$(QAT): $(TRAINED) $(PRUNED) $(CLUSTERED) $(PARAM_FILES) | data
+$(QAT): $(TRAINED) $(SHRUNK) $(PRUNED) $(CLUSTERED) $(PARAM_FILES) | data
 	$(CLI) qat $(FIT_ARGS)
 endif
 
-$(TFLITE) &: $(TRAINED) $(PRUNED) $(CLUSTERED) $(QAT) $(PARAM_FILES)
+$(TFLITE) &: $(TRAINED) $(SHRUNK) $(PRUNED) $(CLUSTERED) $(QAT) $(PARAM_FILES)
 	$(CLI) convert $(ARGS)
 
 $(REPORT): $(TFLITE) $(PARAM_FILES)

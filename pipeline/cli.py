@@ -11,9 +11,7 @@ from pathlib import Path
 import click
 
 from .core.artifacts import (
-    aware_path,
-    clustered_path,
-    pruned_path,
+    chain,
     report_path,
     require,
     shipped_tflite,
@@ -30,12 +28,13 @@ READ_ONLY = {"paths", "keys", "data", "summary", "check", "architectures"}
 # warning, so that an experiment is never believed to have changed something it did not. The stages
 # read the sections of the stages before them too: they check that their inputs were made with them.
 CHAIN = ("name", "seed", "data", "input", "model", "train", "augment", "distill")
+STAGES = ("structured", "prune", "cluster", "quantize")  # the optional stages between training and conversion
 READS = {
-    "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "prune"),
+    "data": ("seed", "data"), "train": CHAIN, "prune": (*CHAIN, "structured", "prune"),
     "shrink": (*CHAIN, "structured", "convert.representative_samples", "validate"),
-    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, "prune", "cluster", "quantize", "convert"),
-    "validate": (*CHAIN, "prune", "cluster", "quantize", "convert", "validate"),
-    "check": (*CHAIN, "prune", "cluster", "quantize", "convert", "validate", "check"),
+    "cluster": (*CHAIN, "structured", "prune", "cluster"), "qat": (*CHAIN, "structured", "prune", "cluster", "quantize"),
+    "sensitivity": (*CHAIN, "structured.criterion"), "convert": (*CHAIN, *STAGES, "convert"),
+    "validate": (*CHAIN, *STAGES, "convert", "validate"), "check": (*CHAIN, *STAGES, "convert", "validate", "check"),
     "summary": ("seed", "data", "model"), "samples": ("seed", "data"), "pictures": ("name", "seed", "data"),
     "prune_compare": (*CHAIN, "prune", "structured", "convert", "validate"),
     "zoo": ("seed", "data", "model.dropout", "train", "augment", "distill", "convert", "validate", "zoo", "studies"),
@@ -313,18 +312,21 @@ def run_check(params, report, gates_path, update, recompute, params_file, overri
 @cli.command("run")
 @stage_options
 def run_all(params, params_file, overrides, **_):
-    """The whole job, as `make all` does it: train (unless model.file), prune (unless prune.enabled is
-    false), cluster and qat (if cluster.enabled and quantize.aware ask), convert, validate and check; each stage does nothing if its output
+    """The whole job, as `make all` does it: train (unless model.file), shrink (if structured.enabled),
+    prune (unless prune.enabled is false), cluster and qat (if cluster.enabled and quantize.aware ask), convert, validate and check; each stage does nothing if its output
     is current."""
     from .stages.cluster import cluster
     from .stages.convert import convert
     from .stages.prune import prune
     from .stages.qat import qat
+    from .stages.shrink import shrink
     from .stages.train import train
     from .stages.validate import validate
 
     if not params.model.file:
         train(params)
+    if params.structured.enabled:
+        shrink(params)
     if params.prune.enabled:
         prune(params)
     if params.cluster.enabled:
@@ -494,6 +496,7 @@ def paths(params, params_file, **_):
     """Print the artefact paths for these params as Make variables (used by the Makefile)."""
     name = params.name
     words = lambda paths: " ".join(make_word(p) for p in paths)  # noqa: E731
+    models = chain(params)
     teacher = params.distill.teacher  # what training also depends on: the teacher's config and model, or its file
     taught = [] if not teacher else [Path(teacher)] if not params.distill.teacher_config else \
         [*param_files(teacher), trained_path(load_params(teacher).name)]
@@ -501,10 +504,9 @@ def paths(params, params_file, **_):
                f"PARAM_FILES := {words(param_files(params_file))}\n"
                f"TEACHER := {words(taught)}\n"
                f"TRAIN := {'no' if params.model.file else 'yes'}\n"
-               f"TRAINED := {make_word(trained_source(params))}\n"
-               f"PRUNED := {make_word(pruned_path(name)) if params.prune.enabled else ''}\n"
-               f"CLUSTERED := {make_word(clustered_path(name)) if params.cluster.enabled else ''}\n"
-               f"QAT := {make_word(aware_path(name, params.quantize.aware)) if params.quantize.aware != 'none' else ''}\n"
+               + "".join(f"{var} := {make_word(models[stage]) if stage in models else ''}\n" for var, stage in
+                         (("TRAINED", "train"), ("SHRUNK", "shrink"), ("PRUNED", "prune"), ("CLUSTERED", "cluster"),
+                          ("QAT", "qat"))) +
                f"TFLITE := {words(shipped_tflite(params))}\n"
                f"REPORT := {make_word(report_path(name))}\n"
                f"GATES := {make_word(params.gates_path)}")

@@ -42,14 +42,32 @@ def aware_path(name: str, aware: str) -> Path:
     return MODELS_DIR / f"{name}.{aware}.h5"
 
 
+def chain(params) -> dict[str, Path]:
+    """The config's own models, stage by stage, for the stages its params turn on: the trained model
+    (or ``model.file``), then the shrunk one (``structured.enabled``), then what pruning, clustering
+    and quantization-aware training made from the one before them."""
+    models = {"train": trained_source(params)}
+    head = params.name
+    if params.structured.enabled:
+        head = f"{params.name}.shrunk"
+        models["shrink"] = shrunk_path(params.name)
+    if params.prune.enabled:
+        models["prune"] = pruned_path(head)
+    if params.cluster.enabled:
+        models["cluster"] = clustered_path(head)
+    if params.quantize.aware != "none":
+        models["qat"] = aware_path(head, params.quantize.aware)
+    return models
+
+
 def shipped_tflite(params) -> list[Path]:
-    """The .tflite files a config ships: its trained, pruned and clustered models in each of
-    ``convert.formats``, and its quantization-aware model in int8 (fake quantization converts to int8 only)."""
-    name, aware = params.name, params.quantize.aware
-    stems = (name, *[f"{name}.{stage}" for stage, on in (("pruned", params.prune.enabled),
-                                                       ("clustered", params.cluster.enabled)) if on])
-    files = [tflite_path(stem, fmt) for stem in stems for fmt in params.convert.formats]
-    return files + ([tflite_path(f"{name}.{aware}", "int8")] if aware != "none" else [])
+    """The .tflite files a config ships: each model of its :func:`chain` in each of ``convert.formats``,
+    its quantization-aware model in int8 only (fake quantization converts to int8)."""
+    files = []
+    for stage, path in chain(params).items():
+        stem = params.name if stage == "train" else model_stem(path)
+        files += [tflite_path(stem, fmt) for fmt in (["int8"] if stage == "qat" else params.convert.formats)]
+    return files
 
 
 def tflite_path(model: str, fmt: str) -> Path:

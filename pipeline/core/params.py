@@ -272,6 +272,7 @@ class QuantizeParams:
 
 @dataclasses.dataclass(frozen=True)
 class StructuredParams:
+    enabled: bool = False  # true: shrink is a stage of `make all`, and pruning, clustering and qat start from its model
     criterion: Literal[CRITERIA] = "l1"
     scope: Literal["layer", "global"] = "layer"
     fraction: float = bounded(0.25, 0, 1, open_low=True, open_high=True)

@@ -24,14 +24,16 @@ from .measure import parse_name
 SCHEMA = 2
 # The params that decide what the shipped files are and how they are scored (data.dir only says where
 # the data lives: the test-set fingerprint says what it is). Latency settings and studies are left out.
-BOUND = ("name", "seed", "data", "input", "model", "train", "prune", "cluster", "quantize", "convert")
+BOUND = ("name", "seed", "data", "input", "model", "train", "structured", "prune", "cluster", "quantize", "convert")
 UNBOUND = ("data.dir", "data.cache")  # where the data is and how it is held change no result
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_REPORT_BYTES = 64 << 20
 
 
 def bound_params(params: Params) -> dict[str, Any]:
-    bound = params.subset(*BOUND)
+    off = {"structured": not params.structured.enabled, "cluster": not params.cluster.enabled,
+           "quantize": params.quantize.aware == "none"}  # a stage that is off changes no file
+    bound = params.subset(*(name for name in BOUND if not off.get(name)))
     bound["data"] = {k: v for k, v in bound["data"].items() if f"data.{k}" not in UNBOUND}
     return bound
 

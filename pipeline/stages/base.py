@@ -14,6 +14,7 @@ from ..core.artifacts import (
     require,
     reuse_if_current,
     save_with_record,
+    shrunk_path,
     trained_path,
     trained_source,
 )
@@ -82,11 +83,15 @@ def refuse_foreign(path: Path, params: Params) -> None:
                             f"(`make {stage}`)")
 
 
-def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...]):
+def load_parent(params: Params, model_path: Path | None, refuse: tuple[str, ...], head: bool = True):
     """(path, model, data) for a stage that starts from the trained model (or a user's ``model_path``),
-    refusing a model made by one of the stages in ``refuse`` and one that does not fit the data."""
+    or, with ``structured.enabled`` and ``head``, from the model the shrink stage made of it; refusing a
+    model made by one of the stages in ``refuse`` and one that does not fit the data."""
     source = model_path or (require_model_file(trained_source(params)) if params.model.file else
                             require(trained_path(params.name), "mobiledeploy train"))
+    if head and params.structured.enabled:  # the chain goes on from the shrunk model
+        source = require(derived(shrunk_path, source, params), "mobiledeploy shrink" + (
+            f" --model {model_path}" if model_path else ""))
     if is_config_model(source, params.name):
         refuse_foreign(source, params)
     stage = (read_record(source) or {}).get("stage")

@@ -9,16 +9,13 @@ import numpy as np
 
 from ..compression.qat import quantized_layers
 from ..core.artifacts import (
-    aware_path,
-    clustered_path,
+    chain,
     derived,
     make_record,
     model_stem,
-    pruned_path,
     read_record,
     require,
     tflite_path,
-    trained_source,
 )
 from ..core.contract import logits_by_output
 from ..core.keras_io import check_fits_data
@@ -33,23 +30,18 @@ from .base import fed, make, refuse_foreign, require_model_file
 def sources(params: Params, model_path: Path | None) -> list[Path]:
     if model_path is not None:
         return [model_path]
-    trained = trained_source(params)
-    own = [require(trained, "mobiledeploy train") if not params.model.file else
-           require_model_file(trained)]
-    if params.prune.enabled:
-        own.append(require(pruned_path(params.name), "mobiledeploy prune"))
-    if params.cluster.enabled:
-        own.append(require(clustered_path(params.name), "mobiledeploy cluster"))
-    if params.quantize.aware != "none":
-        own.append(require(aware_path(params.name, params.quantize.aware), "mobiledeploy qat"))
+    own = []
+    for stage, path in chain(params).items():
+        own.append(require_model_file(path) if stage == "train" and params.model.file else
+                   require(path, f"mobiledeploy {stage}"))
     for path in own:  # what the config ships must be what these params make
         refuse_foreign(path, params)
     return own
 
 
 def convert(params: Params, model_path: Path | None = None) -> list[Path]:
-    """Convert the trained, pruned and clustered models (or a user's ``model_path``) to every format in
-    params, and the quantization-aware model to int8."""
+    """Convert the config's models, stage by stage (or a user's ``model_path``), to every format in
+    params; a quantization-aware model to int8."""
     paths = sources(params, model_path)
     data = load_dataset(params.data, params.seed)
     models = []

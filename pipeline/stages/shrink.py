@@ -56,7 +56,7 @@ def int8_latency(params: Params, data: Dataset):
 def shrink(params: Params, model_path: Path | None = None) -> Path:
     """Structured pruning of the trained model (or ``model_path``); writes ``models/<stem>.shrunk.keras``."""
     distribute.start(params.train.distribute)  # before TensorFlow runs anything
-    source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
+    source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"), head=False)
     out = derived(shrunk_path, source, params)
     stem = out.name.removesuffix(".shrunk.keras")
     teacher, distilled = teacher_for(params, out, source, data)

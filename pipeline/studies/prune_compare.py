@@ -49,6 +49,10 @@ def removed_fraction(before, after) -> float:
 
 def prune_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
     name = params.name
+    if params.structured.enabled:
+        raise PipelineError("prune-compare sets magnitude pruning of the trained model beside structured pruning; with "
+                            "structured.enabled the config prunes the shrunk model instead: run it with "
+                            "--set structured.enabled=false")
     check_writable(out_dir / "prune_compare.json")  # before any fine-tuning
     files = [require(trained_path(name), "mobiledeploy train"), require(pruned_path(name), "mobiledeploy prune"),
              require(shrunk_path(name), "mobiledeploy shrink")]

@@ -22,7 +22,7 @@ from ..stages.base import load_parent
 def sensitivity_report(params: Params, model_path: Path | None = None) -> Path:
     """Validation accuracy after removing 10/25/50/75% of each layer's channels alone (no retraining);
     writes ``tflite_out/<stem>.sensitivity.md`` and ``.png``."""
-    source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"))
+    source, model, data = load_parent(params, model_path, refuse=("prune", "shrink"), head=False)
     stem = model_stem(source)
     out = place(OUT_DIR / f"{stem}.sensitivity.md", source, params.name)
     check_writable(out)
