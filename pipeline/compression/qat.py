@@ -1,5 +1,5 @@
-"""TF-MOT quantization-aware training: fake-quantize a trained (or pruned) model, fine-tune it, and
-hand the converter a model whose int8 ranges it learnt.
+"""TF-MOT quantization-aware training: fake-quantize a trained, pruned or clustered model, fine-tune
+it, and hand the converter a model whose int8 ranges it learnt.
 
 Every registered architecture starts with a ``Rescaling`` layer (pixels to the network's range), which
 TF-MOT cannot quantize (model-optimization issue 647). It is not annotated: it stays a float layer
@@ -69,9 +69,9 @@ def quantize_aware(model, aware: str):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     floats = set(kept_in_float(copy))
+    # the annotations wrap the copy's own layers, weights and all
     annotated = keras.models.clone_model(copy, clone_function=lambda layer: layer if (
         layer.name in floats or type(layer).__name__ == "InputLayer") else quantization.quantize_annotate_layer(layer))
-    annotated.set_weights(copy.get_weights())
     scheme = _schemes()[aware]()
     registry = _LeaveInputScaling(scheme.get_quantize_registry(), floats)
     scheme.get_quantize_registry = lambda: registry

@@ -31,7 +31,7 @@ def qat(params: Params, model_path: Path | None = None) -> Path:
     q = params.quantize
     if q.aware == "none":
         raise PipelineError("quantize.aware is none in these params: there is no quantization-aware model to make "
-                            "(set it to qat or pqat, or leave this stage out)")
+                            "(set it to qat, pqat, cqat or pcqat, or leave this stage out)")
     source, model, data = load_parent(params, model_path, refuse=("prune",))
     parent = source
     clustered = q.aware in ("cqat", "pcqat")
