@@ -23,24 +23,36 @@ def _spatial(shape) -> int:
     return int(np.prod([d for d in shape[1:-1]])) if len(shape) > 2 else 1
 
 
+def _own_weights(layer) -> tuple[str, dict]:
+    """(kind, weight name -> variable) of ``layer``; for a TF-MOT quantize wrapper, of the layer it holds
+    (its variables are the wrapper's; the quantizers' ranges and step counter are left out)."""
+    wrapped = type(layer).__name__.startswith("QuantizeWrapper")
+    weights = {}
+    for w in layer.weights:
+        base = w.name.split("/")[-1].split(":")[0]
+        if not (wrapped and (base == "optimizer_step" or base.endswith(("_min", "_max")))):
+            weights[base] = w
+    return type(layer.layer if wrapped else layer).__name__, weights
+
+
 def layer_cost(layer) -> LayerCost:
-    kind = type(layer).__name__
+    kind, weights = _own_weights(layer)
     out = layer.output_shape
     out_shape = tuple(out[0] if isinstance(out, list) else out)
-    params = int(sum(np.prod(w.shape) for w in layer.weights))
+    params = int(sum(np.prod(w.shape) for w in weights.values()))
     macs, kernels = 0, []
     if kind in ("Conv2D", "Dense"):
-        kernel = layer.kernel
+        kernel = weights["kernel"]
         kernels = [kernel]
         # each output element does one MAC per kernel weight feeding it: k_h * k_w * c_in (conv), c_in (dense)
-        fan_in = int(np.prod(kernel.shape[:-1])) // getattr(layer, "groups", 1)
+        fan_in = int(np.prod(kernel.shape[:-1])) // getattr(getattr(layer, "layer", layer), "groups", 1)
         macs = _spatial(out_shape) * int(out_shape[-1]) * fan_in
     elif kind == "DepthwiseConv2D":
-        kernel = layer.depthwise_kernel
+        kernel = weights["depthwise_kernel"]
         kernels = [kernel]
         macs = _spatial(out_shape) * int(out_shape[-1]) * int(np.prod(kernel.shape[:2]))
     elif kind == "SeparableConv2D":
-        dw, pw = layer.depthwise_kernel, layer.pointwise_kernel
+        dw, pw = weights["depthwise_kernel"], weights["pointwise_kernel"]
         kernels = [dw, pw]
         macs = _spatial(out_shape) * (int(np.prod(dw.shape[:2])) * int(dw.shape[2] * dw.shape[3])
                                       + int(pw.shape[2]) * int(pw.shape[3]))
