@@ -111,3 +111,8 @@ def test_a_stage_key_covers_the_code_it_imports_and_nothing_else(tmp_path):
         f.write("\n# an edit\n")
     assert code_hash("pipeline.stages.train", package) != before
     assert code_hash("pipeline.studies.zoo", package) != code_hash("pipeline.studies.zoo", ROOT / "pipeline")
+    # what the records use: the installed package, every module a stage imports
+    from pipeline.core.code import closure
+
+    used = {p.relative_to(ROOT / "pipeline").as_posix() for p in closure("pipeline.stages.qat")}
+    assert {"stages/qat.py", "compression/qat.py", "training/fit.py", "core/params.py"} <= used

@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 PACKAGE = "pipeline"
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the package folder (this module is in pipeline/core)
 
 
 def _module_file(name: str, root: Path) -> Path | None:
