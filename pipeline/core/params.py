@@ -302,6 +302,7 @@ class ConvertParams:
     representative_samples: int = bounded(500, 1, 100_000)
     calibration_source: Literal["train", "validation"] = "train"
     calibration_stratified: bool = False  # true: each class in proportion to its share (of the first task)
+    float_layers: list[str] = dataclasses.field(default_factory=list)  # Keras layers int8_mixed keeps in float
 
     def validate(self) -> None:
         _check(len(self.formats) > 0, "convert.formats", f"must name at least one of {', '.join(FORMATS)}")
@@ -309,6 +310,15 @@ class ConvertParams:
             _check(fmt in FORMATS, "convert.formats", f"unknown format {short(fmt)}; known: {', '.join(FORMATS)}")
         _check(len(set(self.formats)) == len(self.formats), "convert.formats",
                f"names a format twice: {short(self.formats)}")
+        for layer in self.float_layers:
+            _check(bool(layer) and layer.strip() == layer, "convert.float_layers",
+                   f"must list Keras layer names, got {short(layer)}")
+        _check(len(set(self.float_layers)) == len(self.float_layers), "convert.float_layers",
+               f"names a layer twice: {short(self.float_layers)}")
+        _check(bool(self.float_layers) or "int8_mixed" not in self.formats, "convert.float_layers",
+               "format int8_mixed needs the Keras layers to keep in float (none are listed)")
+        _check(not self.float_layers or "int8_mixed" in self.formats, "convert.float_layers",
+               "only format int8_mixed keeps layers in float; add it to convert.formats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +327,7 @@ class ValidateParams:
     warmup_runs: int = bounded(20, 0, 100_000)
     latency_runs: int = bounded(300, LATENCY_RUNS_FLOOR, 1_000_000)  # at least 200 for stable percentiles
     threads: list[int] = bounded(None, 0, 256, factory=lambda: [1, 0])  # 0 = all cores
+    layer_error_images: int = bounded(100, 0, 10_000)  # test images for the per-layer error; 0 = none
 
     def validate(self) -> None:
         _check(0 < len(self.threads) <= 8, "validate.threads",

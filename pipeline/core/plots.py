@@ -89,3 +89,20 @@ def confusion_png(matrices: list[tuple[str, list[list[int]]]], class_names: list
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return png(fig)
+
+
+def layer_error_png(series: dict[str, list[tuple[str, float]]]) -> bytes:
+    """Error (%) at each op, one line per file (``name -> [(layer, error)]`` in execution order), the
+    layers of the first file along the axis."""
+    plt = pyplot()
+    first = next(iter(series.values()))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(first) + 2), 4.5), dpi=100)
+    for name, points in series.items():
+        ax.plot(range(len(points)), [100 * error for _, error in points], marker="o", markersize=3, label=name)
+    ax.set_xticks(range(len(first)), [layer[:28] for layer, _ in first], rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("error against float32 (%)")
+    ax.set_title("Quantization error accumulated along the graph", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)

@@ -103,3 +103,30 @@ def _per_channel(values: np.ndarray, tensor) -> int:
         raise ValueError("a weight buffer that does not fit its tensor's shape")
     channels = np.moveaxis(values.reshape(shape), axis, 0).reshape(int(shape[axis]), -1)
     return max(int(np.unique(channel).size) for channel in channels)
+
+
+def op_output_names(blob: bytes) -> list[str]:
+    """The name of each op's first output tensor in the main subgraph, in execution order: the name the
+    converter gives a computed tensor lists the Keras layers it comes from."""
+    schema = _schema()
+    subgraph = schema.Model.GetRootAs(blob, 0).Subgraphs(0)
+    return [subgraph.Tensors(int(op.OutputsAsNumpy()[0])).Name().decode(errors="replace")
+            for op in (subgraph.Operators(i) for i in range(subgraph.OperatorsLength())) if op.OutputsLength()]
+
+
+def op_kinds(blob: bytes) -> list[str]:
+    """Each op's builtin name (CONV_2D, QUANTIZE, ...) and the type of its first output, in execution order:
+    ``CONV_2D:int8``."""
+    schema = _schema()
+    model = schema.Model.GetRootAs(blob, 0)
+    subgraph = model.Subgraphs(0)
+    builtins = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    kinds = []
+    for i in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        out = subgraph.Tensors(int(op.OutputsAsNumpy()[0])) if op.OutputsLength() else None
+        kinds.append(f"{builtins.get(builtin, builtin)}:{types.get(out.Type(), '?') if out else '-'}")
+    return kinds

@@ -132,24 +132,30 @@ def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], war
                "batch_size": batch_size, "threads": threads, "warmup": warmup, "runs": runs,
                "scale": list(contract.scale) if contract else [1.0],
                "offset": list(contract.offset) if contract else [0.0]}
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pipeline.export.litert", json.dumps(job)],
-                                  capture_output=True, text=True, timeout=timeout, preexec_fn=dies_with_parent())
-        except subprocess.TimeoutExpired:
-            raise PipelineError(f"{path}: LiteRT did not finish within {timeout:.0f}s") from None
-        if proc.returncode < 0:
-            raise PipelineError(f"{path}: the LiteRT interpreter crashed ({signal.Signals(-proc.returncode).name}) "
-                                "on this file; it is not a valid TFLite model")
-        if proc.returncode != 0:
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            raise PipelineError(f"{path}: {lines[-1] if lines else 'LiteRT failed'}")
+        result = run_child(__name__, job, path, timeout)
         with np.load(job["out"]) as labels:
             predictions = {name: labels[name] for name in labels.files}
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
         for name, width in result["classes"].items():
             if num_classes is not None and width != num_classes:
                 raise PipelineError(f"{path}: output {name!r} predicts {width} classes, the data has {num_classes}")
         return predictions, result["latencies"]
+
+
+def run_child(module: str, job: dict, path: Path, timeout: float) -> dict:
+    """Run ``python -m module job`` on the .tflite at ``path``; the JSON its last line prints. A crash of
+    the interpreter's native code, a timeout or a failure becomes one PipelineError naming ``path``."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", module, json.dumps(job)], capture_output=True, text=True,
+                              timeout=timeout, preexec_fn=dies_with_parent())
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"{path}: LiteRT did not finish within {timeout:.0f}s") from None
+    if proc.returncode < 0:
+        raise PipelineError(f"{path}: the LiteRT interpreter crashed ({signal.Signals(-proc.returncode).name}) "
+                            "on this file; it is not a valid TFLite model")
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise PipelineError(f"{path}: {lines[-1] if lines else 'LiteRT failed'}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _child(job: dict) -> None:

@@ -1,4 +1,5 @@
-"""Keras models to TFLite bytes: float32, float16, dynamic-range int8, full-integer int8 and int16x8."""
+"""Keras models to TFLite bytes: float32, float16, dynamic-range int8, full-integer int8, int8 with named
+layers kept in float (selective quantization) and int16x8."""
 
 from __future__ import annotations
 
@@ -66,14 +67,46 @@ def _int16x8(converter, tf, representative) -> None:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
 
 
-# format name -> how it sets up the converter (converter, tf, representative images). The registry of
-# formats: params' convert.formats accepts these names, and a new format is one function and one entry.
+def _int8_mixed(converter, tf, representative):
+    """Full-integer int8 except the ops of the layers named (``convert.float_layers``), which run in float32
+    between a DEQUANTIZE and a QUANTIZE: the converter only calibrates, and the quantizer is then told
+    which ops to leave alone."""
+    _int8(converter, tf, representative)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 (the converter's route to selective int8)
+
+    def finish(calibrated: bytes, float_layers: tuple[str, ...]) -> bytes:
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        return mlir_quantize(calibrated, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8,
+                             denylisted_nodes=float_op_outputs(calibrated, float_layers))
+    return finish
+
+
+def float_op_outputs(model: bytes, layers: tuple[str, ...]) -> list[str]:
+    """The output tensor names of the ops in ``model`` (a calibrated float file) that compute any of the
+    Keras ``layers``. A layer no op computes is refused, with the layers the file has."""
+    from .flatbuffer import op_output_names
+    from .layer_error import layers_of
+
+    names = op_output_names(model)
+    # a calibrated file may suffix an op's name ("Conv2D1"); the layer segments are as Keras wrote them
+    found = {layer for name in names for layer in layers_of(name)}
+    missing = [layer for layer in layers if layer not in found]
+    if missing:
+        raise PipelineError(f"convert.float_layers: no layer named {', '.join(map(repr, missing))} in the "
+                            f"model; its layers: {', '.join(sorted(found))}")
+    return [name for name in names if set(layers_of(name)) & set(layers)]
+
+
+# format name -> how it sets up the converter (converter, tf, representative images); it may return a
+# function (converted bytes, float layers) -> final bytes. The registry of formats: params'
+# convert.formats accepts these names, and a new format is one function and one entry.
 CONVERTERS = {"float32": lambda converter, tf, representative: None, "float16": _float16,
-              "dynamic_int8": _dynamic_int8, "int8": _int8, "int16x8": _int16x8}
+              "dynamic_int8": _dynamic_int8, "int8": _int8, "int8_mixed": _int8_mixed, "int16x8": _int16x8}
 FORMATS = tuple(CONVERTERS)
 DEFAULT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")  # convert.formats unless params say more
 # formats that read calibration images (and so the dataset): their records hash it
-CALIBRATED = ("int8", "int16x8")
+CALIBRATED = ("int8", "int8_mixed", "int16x8")
 
 
 class Exporter:
@@ -117,8 +150,10 @@ class Exporter:
                 tf.saved_model.save(module, self._tmp.name, signatures=signatures)
         return self._tmp.name
 
-    def convert(self, fmt: str, representative: np.ndarray | None = None) -> bytes:
-        """The model in format ``fmt`` (``representative``: calibration images, for :data:`CALIBRATED`)."""
+    def convert(self, fmt: str, representative: np.ndarray | None = None, float_layers: tuple[str, ...] = ()
+                ) -> bytes:
+        """The model in format ``fmt`` (``representative``: calibration images, for :data:`CALIBRATED`;
+        ``float_layers``: the Keras layers ``int8_mixed`` keeps in float)."""
         from ..core.framework import native_output_silenced, tf  # TensorFlow only when converting
 
         if fmt not in CONVERTERS:
@@ -126,14 +161,17 @@ class Exporter:
         with native_output_silenced():
             try:
                 converter = tf.lite.TFLiteConverter.from_saved_model(self._saved_model())
-                CONVERTERS[fmt](converter, tf, representative)
+                finish = CONVERTERS[fmt](converter, tf, representative)
                 # the converter ends with a full garbage collection, which walks every object TensorFlow and
                 # Keras hold (about half a second); objects made before the conversion are left out of it
                 gc.freeze()
                 try:
-                    return converter.convert()
+                    blob = converter.convert()
                 finally:
                     gc.unfreeze()
+                return finish(blob, tuple(float_layers)) if finish else blob
+            except PipelineError:
+                raise
             except Exception as exc:  # the converter's errors are long MLIR dumps; keep the first line
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
                 raise PipelineError(f"TFLite conversion to {fmt} failed for {self.name}: {first[:300]}") from None

@@ -1,5 +1,5 @@
 """Stage 3: Keras models -> TFLite in float32, float16, dynamic-range int8 and full-integer int8 (and
-int16x8 if asked); a quantization-aware model -> int8 only."""
+int16x8 or int8 with named layers in float, if asked); a quantization-aware model -> int8 only."""
 
 from __future__ import annotations
 
@@ -79,11 +79,14 @@ def convert_file(exporter: Exporter, path: Path, fmt: str, out: Path, params: Pa
         used.update(representative_samples=c.representative_samples, calibration_source=c.calibration_source,
                     calibration_stratified=c.calibration_stratified, data=params.section("data"))
         inputs["dataset"] = data.fingerprint
+    float_layers = tuple(params.convert.float_layers) if fmt == "int8_mixed" else ()
+    if float_layers:
+        used["float_layers"] = list(float_layers)
     planned = make_record("convert", used, params.seed, inputs, keras_model=str(path), model=model_stem(path),
                           format=fmt, input=data.contract.to_dict(), **extra)
 
     def work(_state: Path):
-        blob = exporter.convert(fmt, representative if fmt in CALIBRATED else None)
+        blob = exporter.convert(fmt, representative if fmt in CALIBRATED else None, float_layers)
         print(f"convert: {path} -> {out} ({len(blob):,} bytes)", flush=True)
         return blob, None
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..core.artifacts import (
     OUT_DIR,
     USER_DIR,
@@ -27,8 +29,9 @@ from ..core.artifacts import (
 from ..core.contract import declared
 from ..core.errors import PipelineError
 from ..core.params import Params
-from ..core.plots import confusion_png, curves_png
+from ..core.plots import confusion_png, curves_png, layer_error_png
 from ..data import Dataset, load_dataset
+from ..export.layer_error import layer_markdown, layer_report
 from ..export.measure import KerasParents, chance_warning, file_contract, measure
 from ..export.report import make_report, markdown
 from .base import refuse_foreign
@@ -98,7 +101,31 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     write_text(md_path, markdown(report))
     pictures = draw(report, data, json_path)
     print(f"validate: {len(entries)} artefacts -> {json_path}, {md_path}; {', '.join(map(str, pictures))}")
+    if params.validate.layer_error_images:
+        layer_errors(entries, contracts, data, params.validate.layer_error_images, json_path)
     return json_path
+
+
+def layer_errors(entries: list[dict], contracts: dict, data: Dataset, images: int, json_path: Path) -> None:
+    """Beside the report: ``<name>.layers.json``, ``.md`` and ``.png``, each quantized file's error op by op
+    against its float32 sibling (:mod:`pipeline.export.layer_error`), when there are such pairs."""
+    start = time.perf_counter()
+    x = np.asarray(data.x_test[:images])  # an image folder's test split is decoded from its files here
+    found = layer_report(entries, contracts, x)
+    if not found:
+        return
+    stem = json_path.with_name(json_path.name.removesuffix(".report.json"))
+    paths = [Path(f"{stem}.layers.{ext}") for ext in ("json", "md", "png")]
+    write_json(paths[0], {"images": len(x), "files": found})
+    write_text(paths[1], layer_markdown(found, len(x)))
+    write_bytes(paths[2], layer_error_png({name: [(r["layer"], r["error"]) for r in f["rows"]]
+                                           for name, f in found.items()}))
+    for name, f in found.items():
+        top = f["worst"][0] if f["worst"] else None
+        print(f"validate: {name}: output error {f['rows'][-1]['error']:.2%} against {f['reference']}"
+              + (f"; adds the most: {top['layer']} (+{top['added']:.2%})" if top and top["added"] > 0 else ""))
+    print(f"validate: per-layer error of {len(found)} files on {len(x)} images -> {', '.join(map(str, paths))} "
+          f"({time.perf_counter() - start:.0f}s)", flush=True)
 
 
 def draw(report: dict, data: Dataset, json_path: Path) -> list[Path]:
