@@ -77,7 +77,7 @@ def test_each_op_of_a_quantized_file_is_compared_with_its_float_twin(files):
     assert by_layer["c2"]["added"] < {r["layer"]: r for r in quantized}["c2"]["added"]
 
 
-@pytest.mark.bad_input("tflite files")
+@pytest.mark.bad_input(".tflite files")
 def test_a_corrupt_file_fails_in_one_line(files, tmp_path):
     bad = tmp_path / "bad.int8.tflite"
     bad.write_bytes(files["int8"].read_bytes()[:500])

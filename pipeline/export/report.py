@@ -320,6 +320,17 @@ def markdown(report: dict) -> str:
              "both timed in this run. *Sparsity* counts the Keras parent's zero weights; *zeros in file*, *distinct values* "
              "(the most in any one weight tensor) and *per channel* (the most in one output channel of one, where int8 "
              "scales are per channel) are read from the file's own weight tensors.\n\n", markdown_table(header, rows)]
+    micro = [e for e in entries if e.get("micro")]
+    if micro:
+        parts += ["\nLiteRT Micro: each C array (`<file>.cc` and `.h`, beside the file) run in the Micro interpreter, one "
+                  "image at a time, against LiteRT: images with LiteRT's top-1 labels, images bit-identical to its "
+                  "reference kernels, the largest difference from them in quantization steps, and the smallest "
+                  "tensor arena the model runs in.\n\n",
+                  markdown_table(["file", "C source", "images", "same labels", "bit-identical", "max steps",
+                                  "arena bytes"],
+                                 [[Path(e["file"]).name, Path(e["micro"]["source"]).name, e["micro"]["images"],
+                                   e["micro"]["same_labels"], e["micro"]["identical"], e["micro"]["max_steps_reference"],
+                                   count(e["micro"]["arena_bytes"])] for e in micro], align="llrrrrr")]
     tasks = list(entries[0].get("tasks", {})) if entries else []
     if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
         parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n\n",

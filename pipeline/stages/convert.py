@@ -16,12 +16,14 @@ from ..core.artifacts import (
     read_record,
     require,
     tflite_path,
+    write_text,
 )
 from ..core.contract import logits_by_output
 from ..core.keras_io import check_fits_data
 from ..core.model_files import load_any, path_hash
 from ..core.params import Params
 from ..data import Dataset, load_dataset
+from ..export.micro import MICRO_FORMATS, c_pair, c_paths
 from ..export.sidecar import write_sidecar
 from ..export.tflite import CALIBRATED, Exporter, representative_data
 from .base import fed, make, refuse_foreign, require_model_file
@@ -65,6 +67,8 @@ def convert(params: Params, model_path: Path | None = None) -> list[Path]:
                 convert_file(exporter, path, fmt, out, params, data, representative, pruned=pruned)
                 write_sidecar(out, data.contract, data.input_shape, data.class_names, data.tasks, logits)
                 written.append(out)
+                if fmt in MICRO_FORMATS:
+                    write_c_pair(out)
     return written
 
 
@@ -92,3 +96,12 @@ def convert_file(exporter: Exporter, path: Path, fmt: str, out: Path, params: Pa
 
     make(out, planned, work)
     return out
+
+
+def write_c_pair(tflite: Path) -> None:
+    """The C source and header that embed ``tflite`` for LiteRT Micro, beside it, unless they already
+    hold exactly that."""
+    for target, text in zip(c_paths(tflite), c_pair(tflite)):
+        if not (target.is_file() and target.read_text() == text):
+            write_text(target, text)
+            print(f"convert: {tflite} -> {target} (LiteRT Micro)", flush=True)

@@ -33,6 +33,7 @@ from ..core.plots import confusion_png, curves_png, layer_error_png
 from ..data import Dataset, load_dataset
 from ..export.layer_error import layer_markdown, layer_report
 from ..export.measure import KerasParents, chance_warning, file_contract, measure
+from ..export.micro import MICRO_FORMATS, c_paths, check
 from ..export.report import make_report, markdown
 from .base import refuse_foreign
 
@@ -93,6 +94,9 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
         entries.append(entry)
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
+        if params.validate.micro_images and entry["format"] in MICRO_FORMATS:
+            entry["micro"] = on_micro(path, data, contracts[path], params.validate.micro_images,
+                                      own=keras_model is None and not tflite)
         if warning := chance_warning(entry, data.num_classes):
             print(warning, file=sys.stderr, flush=True)
     report = make_report(params, data, entries)
@@ -104,6 +108,25 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     if params.validate.layer_error_images:
         layer_errors(entries, contracts, data, params.validate.layer_error_images, json_path)
     return json_path
+
+
+def on_micro(path: Path, data: Dataset, contract, images: int, own: bool) -> dict | None:
+    """The C array of ``path`` run in LiteRT Micro (:func:`pipeline.export.micro.check`); None for a file
+    without one, unless it is the config's own (whose convert writes it)."""
+    source = c_paths(path)[0]
+    if not source.is_file():
+        if own:
+            raise PipelineError(f"{source} is missing; `mobiledeploy convert` writes it beside {path.name}")
+        return None
+    start = time.perf_counter()
+    found = {"source": source.as_posix(), **check(source, path, np.asarray(data.x_test[:images]), contract)}
+    print(f"validate: {source.name}: LiteRT Micro on {found['images']} images: {found['same_labels']} with LiteRT's "
+          f"labels, {found['identical']} bit-identical to its reference kernels (at most {found['max_steps_reference']} "
+          f"steps off), arena {found['arena_bytes']:,} bytes ({time.perf_counter() - start:.0f}s)", flush=True)
+    if found["same_labels"] < found["images"]:
+        print(f"warning: {source.name}: LiteRT Micro labels {found['images'] - found['same_labels']} of "
+              f"{found['images']} images otherwise than LiteRT", file=sys.stderr, flush=True)
+    return found
 
 
 def layer_errors(entries: list[dict], contracts: dict, data: Dataset, images: int, json_path: Path) -> None:
