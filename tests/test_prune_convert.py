@@ -80,7 +80,9 @@ def test_a_prune_that_ends_short_of_its_sparsity_fails_naming_both(copy_of_smoke
 
 
 @pytest.mark.parametrize("fmt, bound", [("float32", 1.0), ("float16", 1.0), ("dynamic_int8", 0.95),
-                                        ("int8", 0.95), ("int16x8", 0.95)])
+                                        ("int8", 0.95), ("int16x8", 0.95), ("aeq_int8", 0.95),
+                                        ("aeq_int16x8", 0.95), ("aeq_dynamic_int8", 0.95),
+                                        ("aeq_weight_only_int8", 0.95)])
 def test_tflite_agrees_with_keras(trained, tmp_path, fmt, bound):
     """float formats must agree exactly on top-1; int8 formats on at least 95% of these tiny inputs."""
     blob = to_tflite(trained, fmt, representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
@@ -99,6 +101,32 @@ def test_full_integer_model_takes_and_gives_int8(trained, tmp_path):
     interp = Interpreter(model_content=blob)
     assert interp.get_input_details()[0]["dtype"] == np.int8
     assert interp.get_output_details()[0]["dtype"] == np.int8
+
+
+@pytest.mark.parametrize("fmt, io, activations", [("aeq_int8", np.int8, np.int8), ("aeq_int16x8", np.int16, np.int16),
+                                                   ("aeq_dynamic_int8", np.float32, np.float32)])
+def test_ai_edge_quantizer_recipes_quantize_what_they_say(trained, fmt, io, activations):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline.export.flatbuffer import weight_stats
+
+    blob = to_tflite(trained, fmt, representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
+    interp = Interpreter(model_content=blob)
+    assert interp.get_input_details()[0]["dtype"] == io and interp.get_output_details()[0]["dtype"] == io
+    conv = [d for d in interp.get_tensor_details() if "conv" in d["name"].lower() and len(d["shape"]) == 4]
+    assert any(d["dtype"] == activations for d in conv)
+    assert {t["dtype"] for t in weight_stats(blob)["tensors"]} == {"int8"}  # every recipe: int8 weights
+
+
+@pytest.mark.bad_input("model files")
+def test_an_ai_edge_quantizer_format_without_the_package_says_how_to_install_it(trained, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("ai_edge_quantizer") else real(name, *a, **k))
+    with pytest.raises(PipelineError, match=r"format aeq_dynamic_int8 needs ai-edge-quantizer: pip install "):
+        to_tflite(trained, "aeq_dynamic_int8")
 
 
 def test_int16x8_keeps_float_input_and_output_around_int16_activations_and_int8_weights(trained):

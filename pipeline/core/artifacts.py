@@ -21,7 +21,7 @@ MODELS_DIR = Path("models")
 OUT_DIR = Path("tflite_out")
 USER_DIR = "user"  # artefacts made from a model given with --model: models/user/, tflite_out/user/
 
-PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy")
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "ai-edge-quantizer", "numpy")
 
 
 def trained_path(name: str) -> Path:

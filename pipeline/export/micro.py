@@ -25,7 +25,7 @@ from .litert import _quantize, run_child, to_input
 
 ALIGNMENT = 16  # bytes: what Micro asks of a model's buffer (its flatbuffer's 64-bit fields, SIMD loads)
 ARENA_LIMIT = 1 << 28  # 256 MiB: no microcontroller has more; a model that needs more is refused
-MICRO_FORMATS = ("int8",)  # the formats written as C: full-integer, what microcontrollers run
+MICRO_FORMATS = ("int8", "aeq_int8")  # the formats written as C: full-integer, what microcontrollers run
 
 
 def symbol_for(path: Path) -> str:

@@ -1,5 +1,6 @@
 """Keras models to TFLite bytes: float32, float16, dynamic-range int8, full-integer int8, int8 with named
-layers kept in float (selective quantization) and int16x8."""
+layers kept in float (selective quantization) and int16x8 from the TFLite converter; and the float32
+file through ai-edge-quantizer's recipes (the ``aeq_*`` formats), the second backend."""
 
 from __future__ import annotations
 
@@ -103,10 +104,36 @@ def float_op_outputs(model: bytes, layers: tuple[str, ...]) -> list[str]:
 # convert.formats accepts these names, and a new format is one function and one entry.
 CONVERTERS = {"float32": lambda converter, tf, representative: None, "float16": _float16,
               "dynamic_int8": _dynamic_int8, "int8": _int8, "int8_mixed": _int8_mixed, "int16x8": _int16x8}
-FORMATS = tuple(CONVERTERS)
+# the second backend: ai-edge-quantizer's recipes, applied to the float32 file (format name -> recipe)
+AEQ_RECIPES = {"aeq_int8": "static_wi8_ai8", "aeq_int16x8": "static_wi8_ai16", "aeq_dynamic_int8": "dynamic_wi8_afp32",
+               "aeq_weight_only_int8": "weight_only_wi8_afp32"}
+FORMATS = tuple(CONVERTERS) + tuple(AEQ_RECIPES)
 DEFAULT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")  # convert.formats unless params say more
 # formats that read calibration images (and so the dataset): their records hash it
-CALIBRATED = ("int8", "int8_mixed", "int16x8")
+CALIBRATED = ("int8", "int8_mixed", "int16x8", "aeq_int8", "aeq_int16x8")
+
+
+def _ai_edge_quantize(float_model: bytes, fmt: str, representative: np.ndarray | None) -> bytes:
+    """The float32 file through ai-edge-quantizer's recipe for ``fmt``, calibrated on ``representative``
+    (one image per step, fed to the file's serving signature) when the recipe needs it. Its static int8
+    and int16 recipes quantize the input and output too (int8, int16)."""
+    try:
+        from ai_edge_quantizer import quantizer, recipe
+    except ImportError:
+        raise PipelineError(f"format {fmt} needs ai-edge-quantizer: pip install 'mobiledeploy[quantizer]' "
+                            "(make installs it)") from None
+    from ai_edge_litert.interpreter import Interpreter
+
+    q = quantizer.Quantizer(float_model, getattr(recipe, AEQ_RECIPES[fmt])())
+    calibration = None
+    if q.need_calibration:
+        if representative is None:
+            raise ValueError(f"{fmt} needs representative data")
+        runner = Interpreter(model_content=float_model).get_signature_list()
+        (key, signature), = runner.items()
+        (name,) = signature["inputs"]
+        calibration = q.calibrate({key: [{name: sample[None].astype(np.float32)} for sample in representative]})
+    return bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
 
 
 class Exporter:
@@ -126,6 +153,7 @@ class Exporter:
         self.kind = getattr(model, "kind", "tf_keras")
         self.name = getattr(model, "path", None) or model.name
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._float: bytes | None = None  # the float32 file, which ai-edge-quantizer's recipes start from
 
     def __enter__(self) -> Exporter:
         return self
@@ -156,10 +184,14 @@ class Exporter:
         ``float_layers``: the Keras layers ``int8_mixed`` keeps in float)."""
         from ..core.framework import native_output_silenced, tf  # TensorFlow only when converting
 
-        if fmt not in CONVERTERS:
+        if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}")
+        if fmt in AEQ_RECIPES and self._float is None:
+            self._float = self.convert("float32")
         with native_output_silenced():
             try:
+                if fmt in AEQ_RECIPES:
+                    return _ai_edge_quantize(self._float, fmt, representative)
                 converter = tf.lite.TFLiteConverter.from_saved_model(self._saved_model())
                 finish = CONVERTERS[fmt](converter, tf, representative)
                 # the converter ends with a full garbage collection, which walks every object TensorFlow and

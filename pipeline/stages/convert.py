@@ -25,7 +25,7 @@ from ..core.params import Params
 from ..data import Dataset, load_dataset
 from ..export.micro import MICRO_FORMATS, c_pair, c_paths
 from ..export.sidecar import write_sidecar
-from ..export.tflite import CALIBRATED, Exporter, representative_data
+from ..export.tflite import AEQ_RECIPES, CALIBRATED, Exporter, representative_data
 from .base import fed, make, refuse_foreign, require_model_file
 
 
@@ -83,6 +83,8 @@ def convert_file(exporter: Exporter, path: Path, fmt: str, out: Path, params: Pa
         used.update(representative_samples=c.representative_samples, calibration_source=c.calibration_source,
                     calibration_stratified=c.calibration_stratified, data=params.section("data"))
         inputs["dataset"] = data.fingerprint
+    if fmt in AEQ_RECIPES:
+        used.update(backend="ai-edge-quantizer", recipe=AEQ_RECIPES[fmt])
     float_layers = tuple(params.convert.float_layers) if fmt == "int8_mixed" else ()
     if float_layers:
         used["float_layers"] = list(float_layers)
