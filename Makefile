@@ -21,7 +21,7 @@ FIT_ARGS := $(ARGS) $(if $(WORKERS),--workers $(WORKERS))
 BUILD := .build
 VENV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all train prune cluster qat convert validate check gates zoo mtl-compare recipe-compare shrink sensitivity prune-compare pictures \
+.PHONY: all train prune cluster qat convert validate check gates zoo mtl-compare recipe-compare shrink sensitivity prune-compare quant-compare pictures \
         samples test test-fast bad-input-table diff data debian-dataset clean help lock
 .DELETE_ON_ERROR:
 
@@ -30,6 +30,7 @@ all: check
 help:
 	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "targets: all train prune cluster qat convert validate check gates diff zoo mtl-compare recipe-compare shrink sensitivity prune-compare"
+	@echo "         quant-compare"
 	@echo "         pictures samples test test-fast bad-input-table diff data clean lock"
 
 $(VENV_STAMP): pyproject.toml requirements.lock
@@ -155,6 +156,10 @@ sensitivity: $(TRAINED)
 prune-compare: $(TRAINED) $(PRUNED) shrink
 	$(CLI) prune-compare $(ARGS)
 
+# Every quantization of the config's trained and pruned models in one table (docs/quantization.md)
+quant-compare: $(TRAINED) $(SHRUNK) $(PRUNED)
+	$(CLI) quant-compare $(ARGS)
+
 # A grid of training images with their labels, in tflite_out/pictures/.
 samples: $(VENV_STAMP) | data
 	$(CLI) samples $(ARGS)
@@ -177,4 +182,4 @@ bad-input-table: test
 
 clean:
 	rm -rf $(BUILD) models/*.keras models/*.h5 models/*.json models/user tflite_out/*.tflite tflite_out/*.json tflite_out/*.md tflite_out/user \
-	  tflite_out/zoo tflite_out/mtl tflite_out/recipes tflite_out/pictures tflite_out/prune_compare tflite_out/*.png
+	  tflite_out/zoo tflite_out/mtl tflite_out/recipes tflite_out/pictures tflite_out/prune_compare tflite_out/quant_compare tflite_out/*.png

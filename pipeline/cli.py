@@ -37,6 +37,7 @@ READS = {
     "validate": (*CHAIN, *STAGES, "convert", "validate"), "check": (*CHAIN, *STAGES, "convert", "validate", "check"),
     "summary": ("seed", "data", "model"), "samples": ("seed", "data"), "pictures": ("name", "seed", "data"),
     "prune_compare": (*CHAIN, "prune", "structured", "convert", "validate"),
+    "quant_compare": (*CHAIN, *STAGES, "convert", "validate"),
     "zoo": ("seed", "data", "model.dropout", "train", "augment", "distill", "convert", "validate", "zoo", "studies"),
     "mtl_compare": (*CHAIN, "convert", "validate", "studies"),
     "recipe_compare": (*CHAIN, "convert", "validate", "studies"),
@@ -233,6 +234,15 @@ def sensitivity(params, model_path, **_):
 def prune_compare(params, **_):
     """Unpruned, magnitude, structured, structured + magnitude and one-shot pruning, all int8, in one table."""
     from .studies.prune_compare import prune_compare as run
+
+    run(params)
+
+
+@cli.command("quant-compare")
+@stage_options
+def quant_compare(params, **_):
+    """PTQ, int16x8, ai-edge-quantizer, QAT, PQAT, clustering and PCQAT on the config's models, in one table."""
+    from .studies.quant_compare import quant_compare as run
 
     run(params)
 
