@@ -73,8 +73,10 @@ def test_each_op_of_a_quantized_file_is_compared_with_its_float_twin(files):
     mixed = layer_errors(files["float32"], files["int8_mixed"], x, SCALED)
     by_layer = {r["layer"]: r for r in mixed}
     assert by_layer["c2"]["op"] == "CONV_2D"  # matched across the DEQUANTIZE before it
-    # kept in float, c2 adds less than its int8 twin does
+    # kept in float, c2 adds less than its int8 twin does; the rounding back to int8 is a row of its own
     assert by_layer["c2"]["added"] < {r["layer"]: r for r in quantized}["c2"]["added"]
+    assert by_layer["quantize c2"]["op"] == "QUANTIZE" and by_layer["quantize c2"]["added"] > 0
+    assert [r["layer"] for r in mixed] == ["input", "c1", "c2", "quantize c2", "gap", "head", "output"]
 
 
 @pytest.mark.bad_input(".tflite files")

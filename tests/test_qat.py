@@ -122,3 +122,27 @@ def test_quantize_params_refuse_what_they_cannot_do():
     paths = CliRunner().invoke(cli, ["paths", "--set", "quantize.aware=qat"]).output
     assert "QAT := models/fmnist_cnn.qat.h5" in paths and "tflite_out/fmnist_cnn.qat.int8.tflite" in paths
     assert "QAT := \n" in CliRunner().invoke(cli, ["paths"]).output
+
+
+def test_quant_compare_measures_every_quantization_in_one_table(copy_of_smoke):
+    """The smoke config's models through every quantization; the preserving schemes keep what they say,
+    measured in the files."""
+    run_cli("quant-compare", *SMOKE, "--set", "cluster.min_weights=100", "--set", "quantize.epochs=1",
+            "--set", "cluster.epochs=1", cwd=copy_of_smoke)
+    out = copy_of_smoke / "tflite_out" / "quant_compare"
+    result = json.loads((out / "quant_compare.json").read_text())
+    rows = {r["row"]: r for r in result["rows"]}
+    assert [r["format"] for r in result["rows"]] == ["float32", "int8", "int16x8", "aeq_int8", "aeq_int16x8",
+                                                     "aeq_dynamic_int8", "aeq_weight_only_int8"] + ["int8"] * 5
+    assert all((out / r["file"]).is_file() and 0.5 < r["accuracy"] <= 1 for r in result["rows"])
+    assert rows["prune → PTQ int8"]["zero_share"] >= 0.45  # smoke prunes to 50%
+    assert rows["PQAT int8"]["zero_share"] >= rows["prune → PTQ int8"]["zero_share"] - 0.005
+    assert rows["PCQAT int8"]["max_unique_per_channel"] <= 17  # 16 clusters and the zeros
+    assert rows["float32 (baseline)"]["gzip_bytes"] > rows["PCQAT int8"]["gzip_bytes"]
+    text = (out / "quant_compare.md").read_text()
+    assert "| PCQAT int8 | `int8` |" in text and "QAT int8 against PTQ int8" in text
+
+
+def test_quant_compare_needs_the_pruned_model(copy_of_smoke):
+    proc = run_cli("quant-compare", *SMOKE, "--set", "prune.enabled=false", cwd=copy_of_smoke, check=False)
+    fails_cleanly(proc, "quant-compare compares pruned rows too: it needs prune.enabled")

@@ -66,31 +66,40 @@ def _run(path: str, x: np.ndarray) -> list[dict]:
 
 
 def compare(float_ops: list[dict], quant_ops: list[dict]) -> list[dict]:
-    """One row per op of the quantized file that has a float counterpart (see the module's docstring)."""
+    """One row per op of the quantized file that has a float counterpart (see the module's docstring).
+    A QUANTIZE that takes a float op's output back to integers (selective quantization) is a row of its
+    own, against the float file's value of that tensor: the error it adds is that op's rounding."""
     pool: dict[tuple, list[dict]] = {}
     for op in float_ops:
         pool.setdefault((op["op"], op["layers"]), []).append(op)
     error_of: dict[int, float] = {}  # quantized file's tensor index -> its error
+    reference_of: dict[int, np.ndarray] = {}  # quantized file's tensor index -> the float file's value of it
     rows = []
     for op in quant_ops:
-        if op["op"] in CONVERSION_OPS:  # a (de)quantize carries its input's error on
-            known = [error_of[i] for i in op["inputs"] if i in error_of]
-            if known:
-                error_of[op["output"]] = max(known)
-            continue
-        twins = pool.get((op["op"], op["layers"]))
-        if not twins:
-            continue
-        reference = twins.pop(0)["value"]
+        arriving = max((error_of[i] for i in op["inputs"] if i in error_of), default=0.0)
+        if op["op"] in CONVERSION_OPS:
+            (source,) = op["inputs"][:1] or [None]
+            if source in reference_of:  # a (de)quantize carries its input's float value on
+                reference_of[op["output"]] = reference_of[source]
+            if op["op"] == "DEQUANTIZE" or source not in reference_of:
+                if source in error_of:
+                    error_of[op["output"]] = error_of[source]
+                continue
+            reference, label = reference_of[source], f"quantize {rows[-1]['layer'] if rows else 'input'}"
+        else:
+            twins = pool.get((op["op"], op["layers"]))
+            if not twins:
+                continue
+            reference, label = twins.pop(0)["value"], " + ".join(op["layers"]) or op["name"]
         if reference.shape != op["value"].shape:
             continue
         signal = float(np.sqrt(np.mean(np.square(reference))))
         noise = float(np.sqrt(np.mean(np.square(op["value"] - reference))))
         error = noise / signal if signal > 0 else (0.0 if noise == 0 else float("inf"))
-        arriving = max((error_of[i] for i in op["inputs"] if i in error_of), default=0.0)
         error_of[op["output"]] = error
-        rows.append({"op_index": op["index"], "op": op["op"], "layer": " + ".join(op["layers"]) or op["name"],
-                     "error": round(error, 6), "added": round(error - arriving, 6)})
+        reference_of[op["output"]] = reference
+        rows.append({"op_index": op["index"], "op": op["op"], "layer": label, "error": round(error, 6),
+                     "added": round(error - arriving, 6)})
     return rows
 
 
