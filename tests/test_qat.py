@@ -104,6 +104,12 @@ def test_the_qat_stage_writes_a_model_whose_int8_file_is_validated_against_it(co
     assert entry["keras_model"].endswith("models/smoke.pqat.h5")
     assert entry["keras_agreement"] >= 0.97, entry
     assert entry["file_weights"]["zero_share"] >= 0.4
+    assert entry["micro"]["same_labels"] >= 9  # its C array, run in LiteRT Micro
+    layers = json.loads((project / "tflite_out/smoke.layers.json").read_text())["files"]["smoke.pqat.int8.tflite"]
+    assert layers["reference"] == "smoke.pruned.float32.tflite"  # the float file of the model it was tuned from
+    rows = {r["layer"]: r for r in layers["rows"]}  # the quant_ wrappers matched to the layers they wrap
+    assert {"stage1_conv + stage1_bn + stage1_relu", "predictions", "output"} <= set(rows), sorted(rows)
+    assert 0 < rows["output"]["error"] < 0.2
 
     fails_cleanly(run_cli("qat", *SMOKE, cwd=project, check=False), "quantize.aware is none")
     fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=pqat", "--set", "prune.enabled=false", cwd=project,

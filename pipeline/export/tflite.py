@@ -93,9 +93,14 @@ def float_op_outputs(model: bytes, layers: tuple[str, ...]) -> list[str]:
     # a calibrated file may suffix an op's name ("Conv2D1"); the layer segments are as Keras wrote them
     found = {layer for name in names for layer in layers_of(name)}
     missing = [layer for layer in layers if layer not in found]
+    if missing and not found:
+        raise PipelineError("convert.float_layers: this model's converted ops are not named after Keras layers (a "
+                            "SavedModel or a Keras 3 export), so no layer can be kept in float by name")
     if missing:
-        raise PipelineError(f"convert.float_layers: no layer named {', '.join(map(repr, missing))} in the "
-                            f"model; its layers: {', '.join(sorted(found))}")
+        names = sorted(found)
+        shown = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+        raise PipelineError(f"convert.float_layers: no layer named {', '.join(repr(m[:60]) for m in missing[:3])} "
+                            f"in the model; its layers: {shown}")
     return [name for name in names if set(layers_of(name)) & set(layers)]
 
 
