@@ -70,7 +70,11 @@ def test_convert_writes_the_c_pair_and_validate_reports_micro(smoke_project):
     out = smoke_project / "tflite_out"
     report = json.loads((out / "smoke.report.json").read_text())
     runs = {e["file"]: e.get("micro") for e in report["artefacts"]}
-    assert {f for f, m in runs.items() if m} == {"tflite_out/smoke.int8.tflite", "tflite_out/smoke.pruned.int8.tflite"}
+    assert {f for f, m in runs.items() if "source" in m} == {"tflite_out/smoke.int8.tflite",
+                                                             "tflite_out/smoke.pruned.int8.tflite"}
+    assert runs["tflite_out/smoke.float32.tflite"]["arena_bytes"] > runs["tflite_out/smoke.int8.tflite"]["arena_bytes"]
+    assert runs["tflite_out/smoke.dynamic_int8.tflite"] == {  # hybrid ops: Micro has no kernel, and says so
+        "arena_bytes": None, "not_run": "Input type: FLOAT32 with filter type: INT8 not supported."}
     for name in ("smoke.int8", "smoke.pruned.int8"):
         assert micro.array_bytes((out / f"{name}.cc").read_text()) == (out / f"{name}.tflite").read_bytes()
         found = runs[f"tflite_out/{name}.tflite"]

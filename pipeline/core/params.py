@@ -328,7 +328,7 @@ class ValidateParams:
     latency_runs: int = bounded(300, LATENCY_RUNS_FLOOR, 1_000_000)  # at least 200 for stable percentiles
     threads: list[int] = bounded(None, 0, 256, factory=lambda: [1, 0])  # 0 = all cores
     layer_error_images: int = bounded(100, 0, 10_000)  # test images for the per-layer error; 0 = none
-    micro_images: int = bounded(10, 0, 10_000)  # test images each int8 file's C array runs in LiteRT Micro; 0 = none
+    micro_images: int = bounded(10, 0, 10_000)  # test images for each int8 C array in LiteRT Micro; 0 = no Micro
 
     def validate(self) -> None:
         _check(0 < len(self.threads) <= 8, "validate.threads",

@@ -1,6 +1,6 @@
 """LiteRT Micro (microcontrollers): a ``.tflite`` as a C source and header pair that embeds it as an
-aligned byte array, and the check that the array runs in the Micro interpreter (``tflite-micro``) with
-the outputs LiteRT's reference kernels give, with the tensor arena it needs.
+aligned byte array, the check that the array runs in the Micro interpreter (``tflite-micro``) with the
+outputs LiteRT gives, and the tensor arena a file of any format needs there.
 
 Micro runs its own reference kernels, so its outputs are compared with LiteRT's reference kernels
 (``BUILTIN_REF``), image by image, bit for bit, and with LiteRT's default (optimised) kernels by label.
@@ -11,9 +11,12 @@ run in a child process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +100,21 @@ def check(source: Path, tflite: Path, x: np.ndarray, contract, timeout: float = 
         raise PipelineError(f"{source}: {exc}") from None
     if blob != tflite.read_bytes():
         raise PipelineError(f"{source}: its array is not the bytes of {tflite} (stale: re-run `mobiledeploy convert`)")
+    return _run(tflite, x, contract, True, timeout)
+
+
+def arena(tflite: Path, x: np.ndarray, contract, timeout: float = 900) -> int:
+    """The smallest tensor arena (bytes, to 16) in which LiteRT Micro runs ``tflite`` on the first image of
+    pixels ``x``: the runtime memory of its tensors under Micro's planner, for a file of any format.
+    PipelineError naming the file when Micro cannot run it (an op or type it has no kernel for)."""
+    return _run(tflite, x[:1], contract, False, timeout)["arena_bytes"]
+
+
+def _run(tflite: Path, x: np.ndarray, contract, compare: bool, timeout: float) -> dict:
     with child_tempdir() as tmp:
         np.save(Path(tmp) / "x.npy", to_input(x, list(contract.scale), list(contract.offset)))
-        return run_child(__name__, {"model": str(tflite), "x": str(Path(tmp) / "x.npy")}, tflite, timeout)
+        job = {"model": str(tflite), "x": str(Path(tmp) / "x.npy"), "compare": compare}
+        return run_child(__name__, job, tflite, timeout)
 
 
 def _litert_outputs(blob: bytes, images: list[np.ndarray], resolver) -> list[list[np.ndarray]]:
@@ -132,6 +147,23 @@ def _runs_in(blob: bytes, arena: int, image: np.ndarray) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _native_messages():
+    """The lines native code writes to stderr inside the block (a list, filled as the block ends)."""
+    said: list[str] = []
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            said += [line.strip() for line in capture.read().decode(errors="replace").splitlines() if line.strip()]
+
+
 def _child(job: dict) -> None:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -139,12 +171,16 @@ def _child(job: dict) -> None:
     try:
         (inp,) = Interpreter(model_content=blob).get_input_details()
         images = [_quantize(image[None], inp) for image in np.load(job["x"])]
-        reference = _litert_outputs(blob, images, OpResolverType.BUILTIN_REF)
-        default = _litert_outputs(blob, images, OpResolverType.AUTO)
-        interp = _micro(blob, ARENA_LIMIT)
+        compare = job["compare"]
+        reference = _litert_outputs(blob, images, OpResolverType.BUILTIN_REF) if compare else []
+        default = _litert_outputs(blob, images, OpResolverType.AUTO) if compare else []
+        with _native_messages() as said:  # Micro gives its reason on stderr, its exception says only "failed"
+            interp = _micro(blob, ARENA_LIMIT)
+            interp.set_input(images[0], 0)
+            interp.invoke()
     except (ValueError, RuntimeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        print(f"cannot run in LiteRT Micro: {message}", file=sys.stderr)
+        message = (said or [""])[0] or (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        print(f"cannot run in LiteRT Micro: {message[:200]}", file=sys.stderr)
         raise SystemExit(1)
     identical, same_labels, steps = 0, 0, {"reference": 0, "default": 0}
     for image, ref, fast in zip(images, reference, default):
@@ -160,9 +196,9 @@ def _child(job: dict) -> None:
     while high - low > ALIGNMENT:
         middle = (low + high) // 2 // ALIGNMENT * ALIGNMENT
         low, high = (low, middle) if _runs_in(blob, middle, images[0]) else (middle, high)
-    print(json.dumps({"images": len(images), "identical": identical, "same_labels": same_labels,
-                      "max_steps_reference": steps["reference"], "max_steps_default": steps["default"],
-                      "arena_bytes": high}))
+    found = {"images": len(images), "identical": identical, "same_labels": same_labels,
+             "max_steps_reference": steps["reference"], "max_steps_default": steps["default"]} if compare else {}
+    print(json.dumps({**found, "arena_bytes": high}))
 
 
 if __name__ == "__main__":

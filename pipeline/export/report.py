@@ -322,15 +322,21 @@ def markdown(report: dict) -> str:
              "scales are per channel) are read from the file's own weight tensors.\n\n", markdown_table(header, rows)]
     micro = [e for e in entries if e.get("micro")]
     if micro:
-        parts += ["\nLiteRT Micro: each C array (`<file>.cc` and `.h`, beside the file) run in the Micro interpreter, one "
-                  "image at a time, against LiteRT: images with LiteRT's top-1 labels, images bit-identical to its "
-                  "reference kernels, the largest difference from them in quantization steps, and the smallest "
-                  "tensor arena the model runs in.\n\n",
-                  markdown_table(["file", "C source", "images", "same labels", "bit-identical", "max steps",
-                                  "arena bytes"],
-                                 [[Path(e["file"]).name, Path(e["micro"]["source"]).name, e["micro"]["images"],
-                                   e["micro"]["same_labels"], e["micro"]["identical"], e["micro"]["max_steps_reference"],
-                                   count(e["micro"]["arena_bytes"])] for e in micro], align="llrrrrr")]
+        def cells(m: dict) -> list:
+            if "source" not in m:
+                return ["-"] * 5
+            return [Path(m["source"]).name, m["images"], m["same_labels"], m["identical"], m["max_steps_reference"]]
+
+        parts += ["\nLiteRT Micro: the smallest tensor arena each file runs in under Micro's interpreter (its tensors' "
+                  "runtime memory; *not run*: why Micro cannot), and for each C array (`<file>.cc` and `.h`, beside "
+                  "an int8 file), run one image at a time against LiteRT: images with LiteRT's top-1 labels, images "
+                  "bit-identical to its reference kernels and the largest difference from them in quantization "
+                  "steps.\n\n",
+                  markdown_table(["file", "arena bytes", "C source", "images", "same labels", "bit-identical",
+                                  "max steps"],
+                                 [[Path(e["file"]).name, count(e["micro"]["arena_bytes"]) if e["micro"]["arena_bytes"]
+                                   else f"not run: {e['micro']['not_run'][:90]}", *cells(e["micro"])] for e in micro],
+                                 align="lrlrrrr")]
     tasks = list(entries[0].get("tasks", {})) if entries else []
     if tasks:  # multi-task: the accuracies above are means over the tasks; here each task side by side
         parts += ["\nPer task: accuracy / Keras accuracy / agreement with Keras, in %.\n\n",

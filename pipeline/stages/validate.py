@@ -33,7 +33,7 @@ from ..core.plots import confusion_png, curves_png, layer_error_png
 from ..data import Dataset, load_dataset
 from ..export.layer_error import layer_markdown, layer_report
 from ..export.measure import KerasParents, chance_warning, file_contract, measure
-from ..export.micro import MICRO_FORMATS, c_paths, check
+from ..export.micro import MICRO_FORMATS, arena, c_paths, check
 from ..export.report import make_report, markdown
 from .base import refuse_foreign
 
@@ -94,8 +94,8 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
         entries.append(entry)
         print(f"validate: {path.name}: accuracy {entry['accuracy']:.4f}, p50 {entry['latency_ms']['p50']:.3f} ms "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
-        if params.validate.micro_images and entry["format"] in MICRO_FORMATS:
-            entry["micro"] = on_micro(path, data, contracts[path], params.validate.micro_images,
+        if params.validate.micro_images:
+            entry["micro"] = on_micro(path, entry["format"], data, contracts[path], params.validate.micro_images,
                                       own=keras_model is None and not tflite)
         if warning := chance_warning(entry, data.num_classes):
             print(warning, file=sys.stderr, flush=True)
@@ -110,16 +110,22 @@ def validate(params: Params, keras_model: Path | None = None, out_dir: Path = OU
     return json_path
 
 
-def on_micro(path: Path, data: Dataset, contract, images: int, own: bool) -> dict | None:
-    """The C array of ``path`` run in LiteRT Micro (:func:`pipeline.export.micro.check`); None for a file
-    without one, unless it is the config's own (whose convert writes it)."""
+def on_micro(path: Path, fmt: str, data: Dataset, contract, images: int, own: bool) -> dict:
+    """LiteRT Micro on ``path``: for an int8 file its C array, checked against LiteRT
+    (:func:`pipeline.export.micro.check`; the config's own must have one, which convert writes); for
+    every file the arena it needs, or why Micro cannot run it."""
     source = c_paths(path)[0]
-    if not source.is_file():
-        if own:
+    x = np.asarray(data.x_test[:images])
+    if fmt not in MICRO_FORMATS or not source.is_file():
+        if fmt in MICRO_FORMATS and own:
             raise PipelineError(f"{source} is missing; `mobiledeploy convert` writes it beside {path.name}")
-        return None
+        try:
+            return {"arena_bytes": arena(path, x, contract)}
+        except PipelineError as exc:
+            return {"arena_bytes": None,
+                    "not_run": str(exc).removeprefix(f"{path}: ").removeprefix("cannot run in LiteRT Micro: ")}
     start = time.perf_counter()
-    found = {"source": source.as_posix(), **check(source, path, np.asarray(data.x_test[:images]), contract)}
+    found = {"source": source.as_posix(), **check(source, path, x, contract)}
     print(f"validate: {source.name}: LiteRT Micro on {found['images']} images: {found['same_labels']} with LiteRT's "
           f"labels, {found['identical']} bit-identical to its reference kernels (at most {found['max_steps_reference']} "
           f"steps off), arena {found['arena_bytes']:,} bytes ({time.perf_counter() - start:.0f}s)", flush=True)
