@@ -36,7 +36,8 @@ def test_a_stage_never_imports_another_stage():
 def test_only_the_one_measurement_runs_litert():
     users = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
              if "pipeline.export.litert" in imported_modules(p)}
-    assert users == {"export/measure.py", "export/layer_error.py"}  # and the op-by-op view of validate
+    # measure for every score; layer_error for validate's op-by-op view; micro for its LiteRT reference
+    assert users == {"export/measure.py", "export/layer_error.py", "export/micro.py"}
 
 
 def test_markdown_tables_come_from_the_one_renderer():
