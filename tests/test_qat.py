@@ -152,3 +152,20 @@ def test_quant_compare_measures_every_quantization_in_one_table(copy_of_smoke):
 def test_quant_compare_needs_the_pruned_model(copy_of_smoke):
     proc = run_cli("quant-compare", *SMOKE, "--set", "prune.enabled=false", cwd=copy_of_smoke, check=False)
     fails_cleanly(proc, "quant-compare compares pruned rows too: it needs prune.enabled")
+
+
+def test_quant_compare_shows_each_tasks_accuracy_of_a_multi_task_model():
+    from pipeline.studies.quant_compare import markdown
+
+    def row(name, top_left, bottom_right):
+        return {"row": name, "format": "int8", "accuracy": (top_left + bottom_right) / 2, "bytes": 100,
+                "gzip_bytes": 50, "p50_ms": 0.1, "zero_share": 0.0, "max_unique_per_channel": 200,
+                "tasks": {"top_left": top_left, "bottom_right": bottom_right}}
+
+    result = {"config": "mf", "trained": "a", "pruned": "b", "quantize_epochs": 1, "latency_runs": 3,
+              "cluster": {"clusters": 16, "epochs": 1}, "wall_seconds": 1.0,
+              "rows": [row("float32 (baseline)", 0.9, 0.8), row("PTQ int8", 0.89, 0.79), row("QAT int8", 0.9, 0.81),
+                       row("PQAT int8", 0.9, 0.8), row("prune → PTQ int8", 0.9, 0.8)]}
+    text = markdown(result)
+    assert "| quantization | format | accuracy (mean) | top_left | bottom_right | vs float32 |" in text
+    assert "| QAT int8 | `int8` | 85.50 | 90.00 | 81.00 | +0.50 |" in text
