@@ -97,7 +97,7 @@ def test_training_and_fine_tuning_augment_and_follow_the_recipe_keys(tmp_path):
     project = new_project(tmp_path)
     small = ("--set", "data.limit_train=600", "--set", "train.epochs=2", "--set", "train.warmup_epochs=1")
     augment = ("--set", "augment.shift=2", "--set", "augment.flip=true", "--set", "augment.erase=0.5",
-               "--set", "train.label_smoothing=0.1", "--set", "train.weight_decay=0.0001")
+               "--set", "train.label_smoothing=0.1", "--set", "train.weight_decay=0.0001", "--set", "train.ema=0.9")
     fails_cleanly(run_cli("train", *SMOKE, *small, "--set", "augment.shift=14", cwd=project, check=False),
                   "augment.shift 14: a shift must stay under half of the 28x28 images' smaller side")
     assert not (project / "models" / "smoke.keras").exists()
@@ -108,6 +108,6 @@ def test_training_and_fine_tuning_augment_and_follow_the_recipe_keys(tmp_path):
         record = json.loads((project / "models" / f"{artefact}.json").read_text())
         assert record["params"]["augment"] == {"shift": 2, "flip": True, "erase": 0.5}, artefact
     trained = json.loads((project / "models" / "smoke.keras.json").read_text())
-    assert (trained["params"]["train"]["label_smoothing"], trained["params"]["train"]["weight_decay"]) == (0.1, 1e-4)
+    assert [trained["params"]["train"][key] for key in ("label_smoothing", "weight_decay", "ema")] == [0.1, 1e-4, 0.9]
     pruned = json.loads((project / "models" / "smoke.pruned.keras.json").read_text())
     assert pruned["params"]["recipe"] == {"label_smoothing": 0.1, "weight_decay": 1e-4}

@@ -1,14 +1,19 @@
-"""train recipes: label smoothing, AdamW weight decay on kernels only, warm-up before the cosine."""
+"""train recipes: label smoothing, AdamW weight decay on kernels only, warm-up before the cosine, the
+weights' moving average."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tiny_dataset
 
+from pipeline import architectures
 from pipeline.core.framework import keras, tf
 from pipeline.core.params import ParamsError, TrainParams, load_params
+from pipeline.training import distribute
+from pipeline.training.fit import fit_target, seed_everything
 from pipeline.training.recipe import classification_loss, optimizer, schedule
+from pipeline.training.resume import fit_resumable
 
 
 def test_label_smoothing_spreads_the_given_share_over_all_classes():
@@ -55,7 +60,44 @@ def test_warm_up_rises_from_zero_then_the_cosine_decays_to_zero():
     ("train.warmup_epochs=12", "train.warmup_epochs: must be fewer than train.epochs (12), got 12"),
     ("train.label_smoothing=0.7", "train.label_smoothing"),
     ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.ema=1", "train.ema"),
 ])
 def test_recipe_keys_that_cannot_work_are_refused(override, message):
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_params(ROOT / "params.yaml", [override])
+
+
+def test_ema_validates_and_keeps_the_moving_average_of_each_steps_weights():
+    data = tiny_dataset()
+    seed_everything(0)
+    model = architectures.build("tiny", data.input_shape, data.num_classes)
+    momentum = 0.8
+    target = fit_target(model, data, TrainParams(ema=momentum), 0.01, average=True)
+    average = [v.numpy() for v in model.trainable_variables]  # the average starts at the initial weights
+    averages, own = [], []  # after each epoch
+
+    class Follow(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for i, v in enumerate(model.trainable_variables):
+                average[i] = momentum * average[i] + (1 - momentum) * v.numpy()
+
+        def on_epoch_end(self, epoch, logs=None):
+            averages.append([a.copy() for a in average])
+            own.append([v.numpy() for v in model.trainable_variables])  # the average is not trained on
+
+    feed = distribute.datasets(tf.distribute.get_strategy(), data, 32, 0, "train.batch_size")
+    keep = fit_resumable(target, feed, 4, None, "", callbacks=[Follow()])
+    best = keep.best_epoch
+    for kept, expected, trained in zip(model.trainable_variables, averages[best], own[best]):
+        np.testing.assert_allclose(kept.numpy(), expected, rtol=1e-4, atol=1e-6)
+        assert not np.allclose(expected, trained, rtol=1e-3)
+    # the validation pass that chose the epoch ran on the averaged weights
+    loss, score = model.evaluate(feed.val, verbose=0)
+    assert (loss, score) == pytest.approx((keep.history["val_loss"][best], keep.history["val_accuracy"][best]), abs=1e-4)
+
+
+def test_ema_is_off_unless_asked_and_in_fine_tuning():
+    assert not optimizer(0.1, TrainParams()).use_ema
+    assert not optimizer(0.1, TrainParams(ema=0.99)).use_ema  # fine-tunings do not ask for the average
+    adamw = optimizer(0.1, TrainParams(ema=0.99, weight_decay=0.1), average=True)
+    assert (adamw.use_ema, adamw.ema_momentum, type(adamw)) == (True, 0.99, keras.optimizers.AdamW)

@@ -167,10 +167,11 @@ class TrainParams:
     # with distribute: batch normalisation statistics over each replica's part of the batch (false, as
     # Keras does) or over the global batch (true: as on one device, at the price of many more collectives)
     sync_batchnorm: bool = False
-    # recipes, in training and (but warm-up) every fine-tuning: pipeline.training.recipe
+    # recipes, in training and (but warm-up and ema) every fine-tuning: pipeline.training.recipe
     label_smoothing: float = bounded(0.0, 0, 0.5)  # share of each label spread evenly over all classes
     weight_decay: float = bounded(0.0, 0, 1)  # AdamW's decoupled weight decay (0: Adam)
     warmup_epochs: int = bounded(0, 0, 1000)  # the learning rate rises from 0 over these, then its cosine
+    ema: float = bounded(0.0, 0, 1, open_high=True)  # momentum of the weights' moving average (0: off)
 
     def validate(self) -> None:
         _check(self.warmup_epochs < self.epochs, "train.warmup_epochs",

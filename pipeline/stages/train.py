@@ -45,7 +45,8 @@ def train(params: Params) -> Path:
         feed = distribute.datasets(strategy, data, params.train.batch_size, params.seed, "train.batch_size")
         net = distribute.replica(model, strategy, params.train.sync_batchnorm)
         with strategy.scope():
-            target = fit_target(net, data, params.train, rate, teacher.load(data) if teacher else None)
+            target = fit_target(net, data, params.train, rate, teacher.load(data) if teacher else None,
+                                average=True)
         print(f"train: {m.architecture} ({model.count_params():,} params) on {data.describe()}, "
               f"{distribute.describe(strategy)}, augmentation: {augmentation.describe(params.augment)}"
               + (f", {teacher.describe()}" if teacher else ""), flush=True)

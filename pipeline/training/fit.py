@@ -82,11 +82,12 @@ def output_logits(model, data: Dataset) -> dict[str, bool]:
     return logits_by_output(by_output(model, model(data.contract.apply(data.x_train[:32]), training=False)))
 
 
-def compile_for_training(model, rate, from_logits: bool = False, p: TrainParams = TrainParams()) -> None:
-    """Adam (or AdamW, :func:`optimizer`) on sparse categorical cross-entropy, on logits or
-    probabilities as the model outputs, label-smoothed by ``p.label_smoothing``; ``rate`` is a number
-    or a learning-rate schedule."""
-    model.compile(optimizer=optimizer(rate, p), loss=classification_loss(from_logits, p.label_smoothing),
+def compile_for_training(model, rate, from_logits: bool = False, p: TrainParams = TrainParams(),
+                         average: bool = False) -> None:
+    """Adam (or AdamW, :func:`optimizer`, averaging the weights with ``average``) on sparse categorical
+    cross-entropy, on logits or probabilities as the model outputs, label-smoothed by
+    ``p.label_smoothing``; ``rate`` is a number or a learning-rate schedule."""
+    model.compile(optimizer=optimizer(rate, p, average), loss=classification_loss(from_logits, p.label_smoothing),
                   metrics=["accuracy"])
 
 
@@ -140,8 +141,9 @@ def split_dataset(data: Dataset, split: str, batch_size: int | None = None, shuf
                       repeat, augment)
 
 
-def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | None = None):
-    """What ``fit`` runs on, compiled with Adam (AdamW) at ``rate`` and a loss on logits or probabilities
+def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | None = None, average: bool = False):
+    """What ``fit`` runs on, compiled with Adam (AdamW; with ``average``, keeping the moving average of
+    the weights that ``p.ema`` asks for) at ``rate`` and a loss on logits or probabilities
     as the model's outputs give (:func:`output_logits`), label-smoothed as ``p`` says: the model itself
     for one task, or a :class:`~pipeline.training.trainer.Trainer` around it for several (task weights,
     and the soft-sharing penalty if the model has a tower per task) and whenever ``teacher`` distils."""
@@ -151,7 +153,7 @@ def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | No
                             f"{', '.join(data.tasks) or 'none (a single label)'}")
     logits = output_logits(model, data)
     if not data.tasks and teacher is None:
-        compile_for_training(model, rate, next(iter(logits.values())), p)
+        compile_for_training(model, rate, next(iter(logits.values())), p, average)
         return model
 
     soft = bool(tower_groups(model, data.tasks))
@@ -159,6 +161,6 @@ def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | No
     tasks = data.tasks or tuple(logits)
     trainer = Trainer(model, tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty, p.sharing_coefficient,
                       logits, p.label_smoothing, teacher, single=not data.tasks)
-    trainer.compile(optimizer=optimizer(rate, p))
+    trainer.compile(optimizer=optimizer(rate, p, average))
     trainer(tf.zeros((1, *data.input_shape)))  # built before fit, so BackupAndRestore can restore its optimizer
     return trainer

@@ -1,7 +1,10 @@
 """The training recipe's parts that ``train`` params choose: the loss (label smoothing), the optimizer
-(Adam, or AdamW with weight decay) and the learning-rate schedule (warm-up, then a cosine to zero)."""
+(Adam, or AdamW with weight decay, either keeping a moving average of the weights) and the
+learning-rate schedule (warm-up, then a cosine to zero)."""
 
 from __future__ import annotations
+
+import contextlib
 
 from ..core.framework import keras, tf
 from ..core.params import TrainParams
@@ -37,14 +40,57 @@ def classification_loss(from_logits: bool, smoothing: float = 0.0, reduction=ker
     return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=reduction)
 
 
-def optimizer(rate, p: TrainParams = TrainParams()):
+def optimizer(rate, p: TrainParams = TrainParams(), average: bool = False):
     """Adam at ``rate`` (a number or a schedule); AdamW when ``p.weight_decay`` is set, decaying the
-    kernels only."""
+    kernels only. With ``average`` and ``p.ema``, it also keeps an exponential moving average of the
+    trainable weights (updated after every step with momentum ``p.ema``), which :class:`Averaged`
+    validates and :func:`averaged` reads, and which Keras writes into the model when ``fit`` ends."""
+    ema = {"use_ema": True, "ema_momentum": p.ema} if average and p.ema else {}
     if not p.weight_decay:
-        return keras.optimizers.Adam(rate)
-    adamw = keras.optimizers.AdamW(rate, weight_decay=p.weight_decay)
+        return keras.optimizers.Adam(rate, **ema)
+    adamw = keras.optimizers.AdamW(rate, weight_decay=p.weight_decay, **ema)
     adamw.exclude_from_weight_decay(var_names=NOT_DECAYED)
     return adamw
+
+
+def averages(model) -> bool:
+    """Whether ``model``'s optimizer keeps a moving average of its weights (:func:`optimizer`)."""
+    return bool(getattr(getattr(model, "optimizer", None), "use_ema", False))
+
+
+@contextlib.contextmanager
+def averaged(model):
+    """Inside the block, ``model``'s trainable weights hold their moving averages (if its optimizer keeps
+    them); after it, their own values again. The optimizer's state is untouched."""
+    if not averages(model):
+        yield
+        return
+    variables = model.trainable_variables
+    own = [v.numpy() for v in variables]
+    model.optimizer.finalize_variable_values(variables)  # writes each average into its variable
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, own):
+            variable.assign(value)
+
+
+class Averaged(keras.callbacks.Callback):
+    """Validation passes inside ``fit`` run on the moving averages of the weights (:func:`averaged`),
+    so the validation accuracy that picks the best epoch is the averaged model's; training goes on from
+    the weights themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self._block = None
+
+    def on_test_begin(self, logs=None):
+        self._block = averaged(self.model)
+        self._block.__enter__()
+
+    def on_test_end(self, logs=None):
+        self._block.__exit__(None, None, None)
+        self._block = None
 
 
 def schedule(p: TrainParams, steps_per_epoch: int):

@@ -11,6 +11,7 @@ import numpy as np
 from ..core.artifacts import atomic_path, read_json, write_json
 from ..core.errors import PipelineError
 from ..core.framework import keras
+from .recipe import Averaged, averaged, averages
 
 
 def keras_verbosity() -> int:
@@ -57,7 +58,8 @@ class KeepBest(keras.callbacks.Callback):
         score = logs.get("val_accuracy", -1.0)
         improved = epoch >= self.first_epoch and score > self.best
         if improved:
-            self.best, self.best_epoch, self.weights = float(score), epoch, self.model.get_weights()
+            with averaged(self.model):  # the weights that were validated
+                self.best, self.best_epoch, self.weights = float(score), epoch, self.model.get_weights()
         if self.state_dir is None or not self.write:
             return
         if improved:
@@ -98,7 +100,8 @@ def divergence_hint(data_tasks: tuple[str, ...], rate_key: str) -> str:
 def fit_resumable(model, feed, epochs: int, state_dir: Path | None, key: str,
                   callbacks=(), first_best_epoch: int = 0, strategy=None) -> KeepBest:
     """``model.fit`` on ``feed`` (:class:`~pipeline.training.distribute.Feed`) with Keras's BackupAndRestore
-    and :class:`KeepBest`; returns the KeepBest.
+    and :class:`KeepBest`; returns the KeepBest. A model whose optimizer averages its weights
+    (``train.ema``) is validated, and its best epoch kept, as those averages.
 
     State left by a killed run with the same ``key`` (inputs, params, versions) is resumed from its
     last completed epoch; state with another key is discarded. Call :func:`finish` once the artefact
@@ -126,7 +129,8 @@ def fit_resumable(model, feed, epochs: int, state_dir: Path | None, key: str,
             print(f"resuming from epoch {done + 1} of {epochs} (state in {state_dir})", flush=True)
         extra = [keras.callbacks.BackupAndRestore(str(state_dir / "keras"))]
     keep = KeepBest(first_best_epoch, state_dir, write=chief)
-    feed.fit(model, epochs=epochs, callbacks=[*callbacks, *extra, keep], verbose=keras_verbosity())
+    average = [Averaged()] if averages(model) else []
+    feed.fit(model, epochs=epochs, callbacks=[*average, *callbacks, *extra, keep], verbose=keras_verbosity())
     model.set_weights(keep.weights)
     return keep
 
