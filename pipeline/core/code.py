@@ -9,6 +9,7 @@ CLI) does not retrain anything. The closure is found by reading the import state
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -25,11 +26,15 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
-def _imports(name: str, path: Path) -> set[str]:
+def _imports(name: str, path: Path) -> frozenset[str]:
     """The package modules that the module ``name`` (its source at ``path``) imports."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return _imports_in(name if path.name == "__init__.py" else name.rpartition(".")[0], path.read_bytes())
+
+
+@functools.lru_cache(maxsize=1024)  # parsing is the cost of a record (0.3 s); the source is the key, so an edit is seen
+def _imports_in(package: str, source: bytes) -> frozenset[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE)
         elif isinstance(node, ast.ImportFrom):
@@ -43,7 +48,7 @@ def _imports(name: str, path: Path) -> set[str]:
                 continue
             found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)  # `from . import x` names modules
-    return found
+    return frozenset(found)
 
 
 def closure(module: str, root: Path = ROOT) -> list[Path]:
