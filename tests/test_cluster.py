@@ -86,7 +86,7 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     project = copy_of_smoke
     chain = ("--set", "structured.enabled=true", "--set", "cluster.enabled=true", "--set", "cluster.clusters=8",
              "--set", "cluster.min_weights=300", "--set", "cluster.epochs=1", "--set", "quantize.aware=pcqat",
-             "--set", "quantize.epochs=1")
+             "--set", "quantize.epochs=1", "--set", "convert.formats=[float32, int8]")
     paths = run_cli("paths", *SMOKE, *chain, cwd=project).stdout
     assert "SHRUNK := models/smoke.shrunk.keras" in paths and "QAT := models/smoke.shrunk.pcqat.h5" in paths
     fails_cleanly(run_cli("prune", *SMOKE, *chain, cwd=project, check=False), "mobiledeploy shrink")

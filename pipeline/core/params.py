@@ -12,7 +12,9 @@ so the CLI and the Makefile can read params cheaply.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -564,6 +566,11 @@ _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("
 
 
 def _parse_yaml(text: str) -> Any:
+    return copy.deepcopy(_parsed_yaml(text))  # a copy: the caller may change what it gets
+
+
+@functools.lru_cache(maxsize=64)  # every command parses params.yaml again; the pure-Python parser takes 20-30 ms
+def _parsed_yaml(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except RecursionError:

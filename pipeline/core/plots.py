@@ -75,17 +75,21 @@ def confusion_png(matrices: list[tuple[str, list[list[int]]]], class_names: list
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (title, matrix) in zip(axes.flat, matrices):
+    ticks = range(len(class_names))
+    for i, (ax, (title, matrix)) in enumerate(zip(axes.flat, matrices)):
         counts = np.asarray(matrix, dtype=float)
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.axis("on")
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-        if named:
-            ticks = range(len(class_names))
-            ax.set_xticks(ticks, class_names, rotation=90, fontsize=6)
-            ax.set_yticks(ticks, class_names, fontsize=6)
-        ax.set_xlabel("predicted", fontsize=7)
-        ax.set_ylabel("true", fontsize=7)
+        # class names along the left column and under the lowest panel of each column only: every panel
+        # has the same classes, and thousands of labels made drawing the figure take seconds
+        left, lowest = i % cols == 0, i + cols >= len(matrices)
+        ax.set_xticks(ticks, class_names if named and lowest else [], rotation=90, fontsize=6)
+        ax.set_yticks(ticks, class_names if named and left else [], fontsize=6)
+        if lowest:
+            ax.set_xlabel("predicted", fontsize=7)
+        if left:
+            ax.set_ylabel("true", fontsize=7)
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return png(fig)
