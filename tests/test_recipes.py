@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import ROOT, tiny_dataset
+from test_multitask import multi_data
 
 from pipeline import architectures
 from pipeline.core.framework import keras, tf
@@ -101,3 +102,14 @@ def test_ema_is_off_unless_asked_and_in_fine_tuning():
     assert not optimizer(0.1, TrainParams(ema=0.99)).use_ema  # fine-tunings do not ask for the average
     adamw = optimizer(0.1, TrainParams(ema=0.99, weight_decay=0.1), average=True)
     assert (adamw.use_ema, adamw.ema_momentum, type(adamw)) == (True, 0.99, keras.optimizers.AdamW)
+
+
+@pytest.mark.parametrize("tasks", [False, True], ids=["compiled model", "multi-task trainer"])
+def test_a_fit_traces_its_training_step_once(tasks):
+    # variables made inside the first trace (the optimizer's, the compiled accuracy's) would make
+    # TensorFlow trace the step a second time: seconds per fit, in every stage that trains
+    data = multi_data() if tasks else tiny_dataset()
+    model = architectures.build("tiny", data.input_shape, data.num_classes, tasks=data.tasks)
+    target = fit_target(model, data, TrainParams(), 1e-3)
+    distribute.datasets(tf.distribute.get_strategy(), data, 32, 0, "train.batch_size").fit(target, epochs=2, verbose=0)
+    assert target.train_function.experimental_get_tracing_count() == 1

@@ -154,7 +154,9 @@ def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | No
     logits = output_logits(model, data)
     if not data.tasks and teacher is None:
         compile_for_training(model, rate, next(iter(logits.values())), p, average)
-        return model
+        # the compiled accuracy's variables too (one output here; labels are one integer an image)
+        model.compiled_metrics.build(tf.zeros((1, *model.output.shape[1:])), tf.zeros((1,), tf.uint8))
+        return _built(model)
 
     soft = bool(tower_groups(model, data.tasks))
     penalty = p.sharing_penalty if soft and p.sharing_coefficient > 0 else None
@@ -162,5 +164,13 @@ def fit_target(model, data: Dataset, p: TrainParams, rate, teacher: Teacher | No
     trainer = Trainer(model, tasks, p.task_weights, p.loss_weighting == "uncertainty", penalty, p.sharing_coefficient,
                       logits, p.label_smoothing, teacher, single=not data.tasks)
     trainer.compile(optimizer=optimizer(rate, p, average))
-    trainer(tf.zeros((1, *data.input_shape)))  # built before fit, so BackupAndRestore can restore its optimizer
-    return trainer
+    trainer(tf.zeros((1, *data.input_shape)))
+    return _built(trainer)
+
+
+def _built(target):
+    """``target`` with its optimizer's variables made now, not in the first step of ``fit``: variables
+    made while TensorFlow traces that step make it trace the step twice (a second trace cost 2.5-3 s
+    a fit for the tests' small pruned models). And BackupAndRestore can then restore the optimizer."""
+    target.optimizer.build(target.trainable_variables)
+    return target
