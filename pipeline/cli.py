@@ -70,7 +70,8 @@ def stage_options(fn):
     """--params, --set and --debug for every command; errors become one line and exit status 1.
 
     Every command runs inside the stage runner (:mod:`pipeline.core.runner`): SIGTERM unwinds like Ctrl-C,
-    and a command that writes into the project holds the project folder's lock."""
+    and a command that writes into the project holds the project folder's lock. Its LiteRT jobs share one
+    child process (:func:`pipeline.export.litert.session`)."""
 
     @click.option("--params", "params_file", default="params.yaml", show_default=True,
                   type=click.Path(dir_okay=False), help="Params file; a config may `extends:` another.")
@@ -87,6 +88,7 @@ def stage_options(fn):
             sweep_leftovers,
         )
         from .data.stream import decode_errors
+        from .export.litert import session
 
         if verbose:
             os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.core.framework when TensorFlow is imported
@@ -98,7 +100,7 @@ def stage_options(fn):
                     click.echo(f"warning: {fn.__name__.replace('_', '-')} does not read {clip(key, 60)}; "
                                "that --set has no effect here", err=True)
                 lock = contextlib.nullcontext() if fn.__name__ in READ_ONLY else project_lock()
-                with lock as lock_fd, decode_errors():
+                with lock as lock_fd, decode_errors(), session():
                     sweep_leftovers()
                     if workers is not None:
                         return launch_workers(fn.__name__, params, workers, lock_fd, params_file=params_file,

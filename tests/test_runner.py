@@ -1,5 +1,6 @@
 """The stage runner: one run per project folder, SIGTERM like Ctrl-C, children that die with their
-parent, a full disk that damages nothing, and validate's refusal of files that are not classifiers."""
+parent, one LiteRT child per command (replaced after a crash or a timeout), a full disk that damages
+nothing, and validate's refusal of files that are not classifiers."""
 
 import errno
 import os
@@ -22,6 +23,7 @@ from pipeline.core.runner import (
     project_lock,
     sweep_leftovers,
 )
+from pipeline.export.litert import run_child, session
 from pipeline.export.tflite import to_tflite
 
 HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.core.runner import project_lock\n" \
@@ -155,3 +157,30 @@ def test_validate_refuses_a_file_that_does_not_fit_the_data(copy_of_smoke, model
     before = snapshot(copy_of_smoke)
     fails_cleanly(run_cli("validate", *SMOKE, cwd=copy_of_smoke, check=False), "smoke.float32.tflite", message)
     assert snapshot(copy_of_smoke) == before
+
+
+def test_a_sessions_child_runs_job_after_job_and_is_replaced_after_a_crash_or_a_timeout(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # where the child finds child_jobs
+    path = tmp_path / "m.tflite"
+
+    def run(do: str, timeout: float = 60) -> int:
+        return run_child("child_jobs", {"do": do}, path, timeout)["pid"]
+
+    with session():
+        first = run("ok")
+        assert run("ok") == first  # one process for the session's jobs
+        with pytest.raises(PipelineError, match=f"^{path}: cannot run in LiteRT: refused$"):
+            run("refuse")
+        assert run("ok") == first  # a refused file is an answer, not a failure of the child
+        with pytest.raises(PipelineError, match=rf"^{path}: the LiteRT interpreter crashed \(SIGSEGV\) on this file"):
+            run("crash")
+        second = run("ok")
+        assert second != first
+        with pytest.raises(PipelineError, match=f"^{path}: RuntimeError: an unexpected failure$"):
+            run("raise")
+        with pytest.raises(PipelineError, match=f"^{path}: LiteRT did not finish within 1s$"):
+            run("hang", timeout=1)
+        third = run("ok")
+        assert third not in (first, second)
+    assert not Path(f"/proc/{third}").exists() or "Z" in Path(f"/proc/{third}/stat").read_text().split()[2]
+    assert run("ok") != third  # outside a session, a child of its own

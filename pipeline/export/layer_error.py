@@ -11,8 +11,6 @@ down)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import numpy as np
 from ..core.artifacts import read_record
 from ..core.runner import child_tempdir
 from ..core.tables import markdown_table
-from .litert import _dequantize, _quantize, run_child, to_input
+from .litert import JobError, _dequantize, _quantize, first_line, run_child, to_input
 
 CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")  # ops the converter adds between quantized and float ops
 
@@ -161,16 +159,10 @@ def layer_markdown(report: dict, images: int) -> str:
     return "\n".join(lines)
 
 
-def _child(job: dict) -> None:
+def work(job: dict) -> dict:
+    """The child's part (:func:`pipeline.export.litert.run_child`)."""
     x = np.load(job["x"])
     try:
-        rows = compare(_run(job["float"], x), _run(job["quant"], x))
+        return {"rows": compare(_run(job["float"], x), _run(job["quant"], x))}
     except ValueError as exc:  # LiteRT reports unloadable models and shape mismatches as ValueError
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot load"
-        print(f"cannot run in LiteRT: {message}", file=sys.stderr)
-        raise SystemExit(1)
-    print(json.dumps({"rows": rows}))
-
-
-if __name__ == "__main__":
-    _child(json.loads(sys.argv[1]))
+        raise JobError(f"cannot run in LiteRT: {first_line(exc)}") from None

@@ -12,7 +12,6 @@ run in a child process."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 from ..core.errors import PipelineError
 from ..core.runner import child_tempdir
 from .flatbuffer import io_details
-from .litert import _quantize, run_child, to_input
+from .litert import JobError, _quantize, run_child, to_input
 
 ALIGNMENT = 16  # bytes: what Micro asks of a model's buffer (its flatbuffer's 64-bit fields, SIMD loads)
 ARENA_LIMIT = 1 << 28  # 256 MiB: no microcontroller has more; a model that needs more is refused
@@ -164,10 +163,12 @@ def _native_messages():
             said += [line.strip() for line in capture.read().decode(errors="replace").splitlines() if line.strip()]
 
 
-def _child(job: dict) -> None:
+def work(job: dict) -> dict:
+    """The child's part (:func:`pipeline.export.litert.run_child`)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     blob = Path(job["model"]).read_bytes()
+    said: list[str] = []
     try:
         (inp,) = Interpreter(model_content=blob).get_input_details()
         images = [_quantize(image[None], inp) for image in np.load(job["x"])]
@@ -180,8 +181,7 @@ def _child(job: dict) -> None:
             interp.invoke()
     except (ValueError, RuntimeError) as exc:
         message = (said or [""])[0] or (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        print(f"cannot run in LiteRT Micro: {message[:200]}", file=sys.stderr)
-        raise SystemExit(1)
+        raise JobError(f"cannot run in LiteRT Micro: {message[:200]}") from None
     identical, same_labels, steps = 0, 0, {"reference": 0, "default": 0}
     for image, ref, fast in zip(images, reference, default):
         interp.set_input(image, 0)
@@ -198,8 +198,4 @@ def _child(job: dict) -> None:
         low, high = (low, middle) if _runs_in(blob, middle, images[0]) else (middle, high)
     found = {"images": len(images), "identical": identical, "same_labels": same_labels,
              "max_steps_reference": steps["reference"], "max_steps_default": steps["default"]} if compare else {}
-    print(json.dumps({**found, "arena_bytes": high}))
-
-
-if __name__ == "__main__":
-    _child(json.loads(sys.argv[1]))
+    return {**found, "arena_bytes": high}
