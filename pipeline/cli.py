@@ -71,7 +71,7 @@ def stage_options(fn):
 
     Every command runs inside the stage runner (:mod:`pipeline.core.runner`): SIGTERM unwinds like Ctrl-C,
     and a command that writes into the project holds the project folder's lock. Its LiteRT jobs share one
-    child process (:func:`pipeline.export.litert.session`)."""
+    child process (:func:`pipeline.core.runner.session`)."""
 
     @click.option("--params", "params_file", default="params.yaml", show_default=True,
                   type=click.Path(dir_okay=False), help="Params file; a config may `extends:` another.")
@@ -84,11 +84,11 @@ def stage_options(fn):
         from .core.runner import (
             Terminated,
             project_lock,
+            session,
             sigterm_as_interrupt,
             sweep_leftovers,
         )
         from .data.stream import decode_errors
-        from .export.litert import session
 
         if verbose:
             os.environ["MOBILEDEPLOY_VERBOSE"] = "1"  # read by pipeline.core.framework when TensorFlow is imported

@@ -1,11 +1,11 @@
-"""Jobs for the LiteRT child process that misbehave on purpose (tests/test_runner.py): the child runs
+"""Jobs for the child process that misbehave on purpose (tests/test_runner.py): the child runs
 ``work`` of any module it can import, and this one's do what a hostile file can make native code do."""
 
 import os
 import signal
 import time
 
-from pipeline.export.litert import JobError
+from pipeline.core.runner import JobError
 
 
 def work(job: dict) -> dict:

@@ -21,9 +21,10 @@ from pipeline.core.runner import (
     CHILD_PREFIX,
     child_tempdir,
     project_lock,
+    run_child,
+    session,
     sweep_leftovers,
 )
-from pipeline.export.litert import run_child, session
 from pipeline.export.tflite import to_tflite
 
 HOLD_LOCK = "import sys, time; from pathlib import Path; from pipeline.core.runner import project_lock\n" \

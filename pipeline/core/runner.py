@@ -8,8 +8,9 @@ and the leftovers of killed runs swept away.
 - **Signals**: SIGTERM (what CI sends on cancel) raises :class:`Terminated`, a ``KeyboardInterrupt``,
   so context managers remove temporary files and ``subprocess`` stops children as for Ctrl-C; the
   command exits 143 (Ctrl-C: 130).
-- **Children**: LiteRT runs in child processes that get SIGKILL when their parent dies
-  (:func:`dies_with_parent`), and a run removes the temporary folders that killed runs left behind.
+- **Children**: LiteRT runs in a child process (:func:`run_child`; one per command, :func:`session`)
+  that gets SIGKILL when its parent dies (:func:`dies_with_parent`), and a run removes the temporary
+  folders that killed runs left behind.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib
+import json
 import os
+import select
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -178,3 +184,121 @@ def sweep_leftovers() -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+class JobError(Exception):
+    """Raised by a job in the child for a file LiteRT cannot run: its message becomes the PipelineError's."""
+
+
+class _Child:
+    """The child process that runs the jobs of a :func:`session`, one after another: it is started at the
+    first job, and again after a crash or a timeout ended it. Jobs go in on its stdin, one JSON line each;
+    each answer comes back as one JSON line on a pipe of its own (anything native code prints goes to
+    stderr, kept in a file for the message of a failure)."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        self.answers, write_end = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(write_end)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr, pass_fds=(write_end,),
+                                     preexec_fn=dies_with_parent())
+        os.close(write_end)
+
+    def run(self, module: str, job: dict, path: Path, timeout: float) -> dict:
+        if self.proc is None:
+            self._start()
+        told = self.stderr.seek(0, os.SEEK_END)
+        try:
+            self.proc.stdin.write((json.dumps({"module": module, "job": job}) + "\n").encode())
+            self.proc.stdin.flush()
+            line = self._answer(timeout)
+        except BrokenPipeError:
+            line = b""
+        except TimeoutError:
+            self.close()
+            raise PipelineError(f"{path}: LiteRT did not finish within {timeout:.0f}s") from None
+        if not line:  # the child is gone
+            code = self.proc.wait()
+            self.stderr.seek(told)
+            lines = [s for s in self.stderr.read().decode(errors="replace").splitlines() if s.strip()]
+            self.close()
+            if code < 0:
+                raise PipelineError(f"{path}: the LiteRT interpreter crashed ({signal.Signals(-code).name}) "
+                                    "on this file; it is not a valid TFLite model")
+            raise PipelineError(f"{path}: {lines[-1].strip() if lines else 'LiteRT failed'}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise PipelineError(f"{path}: {answer['error']}")
+        return answer["result"]
+
+    def _answer(self, timeout: float) -> bytes:
+        """One line from the answers pipe; b"" if the child closed it (it died)."""
+        deadline, got = time.monotonic() + timeout, b""
+        while not got.endswith(b"\n"):
+            ready, _, _ = select.select([self.answers], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.answers, 1 << 16)
+            if not chunk:
+                return b""
+            got += chunk
+        return got
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(BrokenPipeError):  # a job it never read
+            self.proc.stdin.close()
+        os.close(self.answers)
+        self.stderr.close()
+        self.proc = None
+
+
+_sessions: list[_Child] = []
+
+
+@contextlib.contextmanager
+def session():
+    """Inside the block, this process's LiteRT jobs (:func:`run_child`) share one child process instead of
+    starting one each (about 0.25 s apiece; a validate runs up to three jobs a file)."""
+    child = _Child()
+    _sessions.append(child)
+    try:
+        yield
+    finally:
+        _sessions.remove(child)
+        child.close()
+
+
+def run_child(module: str, job: dict, path: Path, timeout: float) -> dict:
+    """What ``module.work(job)`` returns for the .tflite at ``path``, computed in a child process (the
+    session's, or one of its own). A crash of the interpreter's native code, a timeout or a failure
+    becomes one PipelineError naming ``path``."""
+    if _sessions:
+        return _sessions[-1].run(module, job, path, timeout)
+    with session():
+        return run_child(module, job, path, timeout)
+
+
+def _serve(answers: int) -> None:
+    """The child: run each job read from stdin, and write its answer to the ``answers`` file descriptor.
+    stdout is pointed at stderr, so nothing printed can be taken for an answer."""
+    out = os.fdopen(answers, "w")
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = {"result": importlib.import_module(request["module"]).work(request["job"])}
+        except JobError as exc:
+            answer = {"error": str(exc)}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":  # the module itself, not this __main__ copy: jobs raise its JobError
+    importlib.import_module(__spec__.name)._serve(int(sys.argv[1]))

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.artifacts import read_record
-from ..core.runner import child_tempdir
+from ..core.runner import JobError, child_tempdir, run_child
 from ..core.tables import markdown_table
-from .litert import JobError, _dequantize, _quantize, first_line, run_child, to_input
+from .litert import _dequantize, _quantize, first_line, to_input
 
 CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")  # ops the converter adds between quantized and float ops
 

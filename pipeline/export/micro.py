@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import PipelineError
-from ..core.runner import child_tempdir
+from ..core.runner import JobError, child_tempdir, run_child
 from .flatbuffer import io_details
-from .litert import JobError, _quantize, run_child, to_input
+from .litert import _quantize, to_input
 
 ALIGNMENT = 16  # bytes: what Micro asks of a model's buffer (its flatbuffer's 64-bit fields, SIMD loads)
 ARENA_LIMIT = 1 << 28  # 256 MiB: no microcontroller has more; a model that needs more is refused
