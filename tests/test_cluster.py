@@ -1,15 +1,12 @@
 """cluster: TF-MOT weight clustering leaves each chosen kernel a few shared values (the zeros of a
-pruned model kept), CQAT and PCQAT keep them per output channel into the int8 file, and the whole
-chain (prune, cluster, PCQAT) runs as stages; every misuse gets one line."""
+pruned model kept), CQAT and PCQAT keep them per output channel into the int8 file; every misuse gets
+one line. (The whole chain run as stages: tests/test_structured.py.)"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import SMOKE, fails_cleanly, run_cli, tiny_dataset
+from conftest import tiny_dataset
 
 from pipeline import architectures
 from pipeline.compression.clustering import chosen_layers, cluster_model, distinct_values
@@ -81,43 +78,6 @@ def test_the_default_scheme_copy_gives_the_preserving_models_outputs(model):
 
 
 @pytest.mark.e2e
-def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_clusters_kept(copy_of_smoke):
-    """structured -> magnitude pruning -> clustering -> PCQAT, as a config says and `make all` runs it."""
-    project = copy_of_smoke
-    chain = ("--set", "structured.enabled=true", "--set", "cluster.enabled=true", "--set", "cluster.clusters=8",
-             "--set", "cluster.min_weights=300", "--set", "cluster.epochs=1", "--set", "quantize.aware=pcqat",
-             "--set", "quantize.epochs=1", "--set", "convert.formats=[float32, int8]")
-    paths = run_cli("paths", *SMOKE, *chain, cwd=project).stdout
-    assert "SHRUNK := models/smoke.shrunk.keras" in paths and "QAT := models/smoke.shrunk.pcqat.h5" in paths
-    fails_cleanly(run_cli("prune", *SMOKE, *chain, cwd=project, check=False), "mobiledeploy shrink")
-    for stage in ("shrink", "prune"):
-        run_cli(stage, *SMOKE, *chain, cwd=project)
-    out = run_cli("cluster", *SMOKE, *chain, cwd=project).stdout
-    assert "on models/smoke.shrunk.pruned.keras" in out and "zeros kept" in out
-    record = json.loads((project / "models/smoke.shrunk.clustered.keras.json").read_text())
-    layers = record["metrics"]["clustered_layers"]
-    assert layers and max(layers.values()) <= 9
-    for stage in ("qat", "convert", "validate"):
-        run_cli(stage, *SMOKE, *chain, cwd=project)
-    report = json.loads((project / "tflite_out/smoke.report.json").read_text())
-    files = {Path(e["file"]).name: e for e in report["artefacts"]}
-    assert {"smoke.float32.tflite", "smoke.shrunk.int8.tflite", "smoke.shrunk.pruned.int8.tflite",
-            "smoke.shrunk.clustered.int8.tflite", "smoke.shrunk.pcqat.int8.tflite"} <= set(files)
-    entry = files["smoke.shrunk.pcqat.int8.tflite"]
-    assert entry["keras_agreement"] >= 0.97, entry
-    kept = files["smoke.shrunk.clustered.int8.tflite"]["sparsity"]  # the clustered Keras model's zeros
-    assert entry["file_weights"]["zero_share"] >= kept - 1e-3 and kept > 0.3, (entry["file_weights"], kept)
-    assert entry["macs"] == files["smoke.shrunk.int8.tflite"]["macs"] > 0  # costs counted through the wrappers
-    clustered = [t for t in entry["file_weights"]["tensors"] if any(name in t["name"] for name in layers)]
-    assert len(clustered) == len(layers) and all(t["unique_per_channel"] <= 9 for t in clustered), clustered
-    assert not (project / "models/smoke.pruned.pcqat.h5").exists()
-
-    fails_cleanly(run_cli("cluster", *SMOKE, cwd=project, check=False), "cluster.enabled is false")
-    fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=cqat", cwd=project, check=False),
-                  "quantize.aware", "cluster.enabled is false")
-    fails_cleanly(run_cli("prune-compare", *SMOKE, *chain, cwd=project, check=False), "structured.enabled=false")
-
-
 def test_cluster_params_refuse_what_they_cannot_do():
     for override, key in (("cluster.clusters=1", "cluster.clusters"), ("cluster.init=kmeans", "cluster.init"),
                           ("cluster.layers=[a, a]", "cluster.layers"),

@@ -1,11 +1,13 @@
-"""Structured pruning: channel ranking on hand-made models, and removal through every kind of
-dependency (batch norm, depthwise, flatten -> dense, residual additions, task heads)."""
+"""Structured pruning: channel ranking on hand-made models, removal through every kind of dependency
+(batch norm, depthwise, flatten -> dense, residual additions, task heads), and the whole compression
+chain (structured, magnitude, clustering, PCQAT) run as stages."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMOKE, new_project, run_cli, tiny_dataset
+from conftest import SMOKE, fails_cleanly, new_project, run_cli, tiny_dataset
 
 from pipeline import architectures
 from pipeline.compression.channels.graph import ChannelGraph
@@ -202,31 +204,57 @@ def test_the_rounds_stop_once_the_target_is_reached():
 
 
 @pytest.mark.e2e
-def test_shrink_then_magnitude_prune_convert_and_validate_through_the_cli(tmp_path):
+def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_clusters_kept(tmp_path):
+    """structured -> magnitude pruning -> clustering -> PCQAT, as a config says and `make all` runs it;
+    then the sensitivity scan and prune-compare on the same models."""
     project = new_project(tmp_path)
     # the smoke model on 600 training and 200 test images: this test is about the plumbing
-    shrink = ("--set", "data.limit_train=600", "--set", "data.limit_test=200", "--set", "validate.latency_runs=20",
-              "--set", "prune.frequency=1", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
-              "--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
-              "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
-              "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
-    for stage in ("train", "prune"):  # the smoke model, on that subset
-        run_cli(stage, *SMOKE, *shrink, cwd=project)
-    run_cli("shrink", *SMOKE, *shrink, cwd=project)
-    shrunk = project / "models" / "smoke.shrunk.keras"
-    record = json.loads((project / "models" / "smoke.shrunk.keras.json").read_text())
-    history = record["metrics"]["history"]
+    small = ("--set", "data.limit_train=600", "--set", "data.limit_test=200", "--set", "validate.latency_runs=20",
+             "--set", "prune.frequency=1", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
+             "--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
+             "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
+             "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
+    chain = (*small, "--set", "structured.enabled=true", "--set", "cluster.enabled=true", "--set", "cluster.clusters=8",
+             "--set", "cluster.min_weights=300", "--set", "cluster.epochs=1", "--set", "quantize.aware=pcqat",
+             "--set", "quantize.epochs=1", "--set", "convert.formats=[float32, int8]")
+    paths = run_cli("paths", *SMOKE, *chain, cwd=project).stdout
+    assert "SHRUNK := models/smoke.shrunk.keras" in paths and "QAT := models/smoke.shrunk.pcqat.h5" in paths
+    for stage in ("train", "prune"):  # the smoke model, on that subset, and its magnitude pruning
+        run_cli(stage, *SMOKE, *small, cwd=project)
+    fails_cleanly(run_cli("prune", *SMOKE, *chain, cwd=project, check=False), "mobiledeploy shrink")
+    run_cli("shrink", *SMOKE, *chain, cwd=project)
+    history = json.loads((project / "models" / "smoke.shrunk.keras.json").read_text())["metrics"]["history"]
     assert [h["round"] for h in history] == [0, 1, 2] and history[2]["macs"] < history[1]["macs"] < history[0]["macs"]
     assert "| 2 |" in (project / "tflite_out" / "smoke.shrunk.md").read_text()
-    run_cli("sensitivity", *SMOKE, *shrink, cwd=project)
+    run_cli("prune", *SMOKE, *chain, cwd=project)  # TF-MOT on the narrower model
+    out = run_cli("cluster", *SMOKE, *chain, cwd=project).stdout
+    assert "on models/smoke.shrunk.pruned.keras" in out and "zeros kept" in out
+    record = json.loads((project / "models/smoke.shrunk.clustered.keras.json").read_text())
+    layers = record["metrics"]["clustered_layers"]
+    assert layers and max(layers.values()) <= 9
+    for stage in ("qat", "convert", "validate"):
+        run_cli(stage, *SMOKE, *chain, cwd=project)
+    report = json.loads((project / "tflite_out/smoke.report.json").read_text())
+    files = {Path(e["file"]).name: e for e in report["artefacts"]}
+    assert {"smoke.float32.tflite", "smoke.shrunk.int8.tflite", "smoke.shrunk.pruned.int8.tflite",
+            "smoke.shrunk.clustered.int8.tflite", "smoke.shrunk.pcqat.int8.tflite"} <= set(files)
+    entry = files["smoke.shrunk.pcqat.int8.tflite"]
+    assert entry["keras_agreement"] >= 0.97, entry
+    kept = files["smoke.shrunk.clustered.int8.tflite"]["sparsity"]  # the clustered Keras model's zeros
+    assert entry["file_weights"]["zero_share"] >= kept - 1e-3 and kept > 0.3, (entry["file_weights"], kept)
+    assert entry["macs"] == files["smoke.shrunk.int8.tflite"]["macs"] > 0  # costs counted through the wrappers
+    assert entry["macs"] < files["smoke.int8.tflite"]["macs"]
+    clustered = [t for t in entry["file_weights"]["tensors"] if any(name in t["name"] for name in layers)]
+    assert len(clustered) == len(layers) and all(t["unique_per_channel"] <= 9 for t in clustered), clustered
+    assert not (project / "models/smoke.pruned.pcqat.h5").exists()
+
+    fails_cleanly(run_cli("cluster", *SMOKE, *small, cwd=project, check=False), "cluster.enabled is false")
+    fails_cleanly(run_cli("qat", *SMOKE, *small, "--set", "quantize.aware=cqat", cwd=project, check=False),
+                  "quantize.aware", "cluster.enabled is false")
+    fails_cleanly(run_cli("prune-compare", *SMOKE, *chain, cwd=project, check=False), "structured.enabled=false")
+    run_cli("sensitivity", *SMOKE, *small, cwd=project)
     assert "| stage2_conv | 8 |" in (project / "tflite_out" / "smoke.sensitivity.md").read_text()
-    for stage in ("prune", "convert", "validate"):  # structured removal, then TF-MOT on the narrower model
-        run_cli(stage, *SMOKE, *shrink, "--set", "convert.formats=[float32, int8]", "--model", str(shrunk),
-                cwd=project)
-    report = json.loads((project / "tflite_out" / "smoke.shrunk.report.json").read_text())
-    assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
-    assert (project / "models" / "smoke.shrunk.pruned.keras").is_file()
-    run_cli("prune-compare", *SMOKE, *shrink, cwd=project)
+    run_cli("prune-compare", *SMOKE, *small, cwd=project)
     result = json.loads((project / "tflite_out" / "prune_compare" / "prune_compare.json").read_text())
     labels = [r["model"] for r in result["rows"]]
     assert labels[:4] == ["unpruned", "magnitude (50%)", "structured (l1, 2 rounds)", "structured + magnitude"]
