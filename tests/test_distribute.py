@@ -72,7 +72,7 @@ def test_a_global_batch_the_replicas_cannot_share_is_refused():
 MULTI_WORKER = """extends: smoke.yaml
 name: mw
 data:
-  limit_train: 400
+  limit_train: 1000
 model:
   dropout: 0.0            # no dropout and batch normalisation over the global batch: the workers' steps
 train:                    # are one process's steps, up to float rounding
