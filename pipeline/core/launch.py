@@ -24,6 +24,10 @@ from .runner import SHARED_LOCK_ENV, dies_with_parent
 
 POLL_SECONDS = 0.2
 STOP_SECONDS = 10.0  # after SIGTERM, how long a worker may take to end before SIGKILL
+# the same once another worker has failed: the others wait in a collective op for the one that is gone and
+# cannot unwind until TensorFlow gives up on it, and all they write is written atomically, so SIGKILL
+# loses nothing (a kill used to wait out the full STOP_SECONDS)
+PEER_GONE_SECONDS = 2.0
 # once a worker has finished, how long the others may go on (the chief saves and evaluates after the
 # last collective op); a worker still running after that is stopped
 FINISH_SECONDS = 600.0
@@ -61,12 +65,12 @@ def _relay(index: int, stream, lock: threading.Lock) -> None:
             sys.stdout.flush()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to every worker still running; SIGKILL to those still running STOP_SECONDS later."""
+def _stop(procs: list[subprocess.Popen], grace: float = STOP_SECONDS) -> None:
+    """SIGTERM to every worker still running; SIGKILL to those still running ``grace`` seconds later."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_SECONDS
+    deadline = time.monotonic() + grace
     for p in procs:
         try:
             p.wait(max(0.0, deadline - time.monotonic()))
@@ -109,6 +113,9 @@ def launch(argv: list[str], workers: int, lock_fd: int) -> None:
                                                  enumerate(zip(addresses, procs))) +
               "; worker 0 is the chief and writes the artefacts", flush=True)
         _watch(procs)
+    except PipelineError:
+        _stop(procs, PEER_GONE_SECONDS)
+        raise
     finally:
         _stop(procs)
         for relay in relays:
