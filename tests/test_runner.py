@@ -108,7 +108,8 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_p
 @pytest.mark.e2e
 def test_sigterm_stops_a_stage_like_ctrl_c_with_exit_143(tmp_path):
     project = new_project(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *SMOKE, "--set", "train.epochs=50"],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *SMOKE, "--set", "train.epochs=50",
+                             "--set", "data.limit_train=1000"],
                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     seen = []
