@@ -102,6 +102,8 @@ def test_every_architecture_builds_for_odd_and_even_inputs_and_round_trips(name,
     clone = keras.Model.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     np.testing.assert_allclose(outputs(clone), expected, atol=1e-6)
+    if shape == (28, 28, 1):
+        return  # saving and loading do not depend on the input shape: the odd one serves
     path = tmp_path / "m.keras"
     save_model(model, path, {"stage": "test"})
     model.save(tmp_path / "m.h5")  # the legacy format passes the same safety check

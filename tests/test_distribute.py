@@ -79,6 +79,10 @@ train:                    # are one process's steps, up to float rounding
   epochs: 3
   distribute: multi_worker
   sync_batchnorm: true
+prune:                    # one epoch, the sparsity reached by its end
+  epochs: 1
+  end_epoch: 1
+  frequency: 1
 """
 MW = ("--params", "configs/mw.yaml")
 
