@@ -208,6 +208,8 @@ class _Child:
         os.close(write_end)
 
     def run(self, module: str, job: dict, path: Path, timeout: float) -> dict:
+        if self.proc is not None and self.proc.poll() is not None:  # gone between jobs: not this file's doing
+            self.close()
         if self.proc is None:
             self._start()
         told = self.stderr.seek(0, os.SEEK_END)
