@@ -160,7 +160,7 @@ def layer_markdown(report: dict, images: int) -> str:
 
 
 def work(job: dict) -> dict:
-    """The child's part (:func:`pipeline.export.litert.run_child`)."""
+    """The child's part (:func:`pipeline.core.runner.run_child`)."""
     x = np.load(job["x"])
     try:
         return {"rows": compare(_run(job["float"], x), _run(job["quant"], x))}

@@ -139,6 +139,7 @@ def evaluate(path: Path, x: np.ndarray, batch_size: int, threads: list[int], war
 
 
 def work(job: dict) -> dict:
+    """The child's part of :func:`evaluate` (:func:`pipeline.core.runner.run_child`)."""
     x = np.load(job["x"])
     try:
         predictions, classes = predict(job["model"], x, job["batch_size"], job["scale"], job["offset"])
@@ -153,4 +154,5 @@ def work(job: dict) -> dict:
 
 
 def first_line(exc: Exception) -> str:
+    """The first line of what LiteRT says about a file it cannot run."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot load"

@@ -164,7 +164,7 @@ def _native_messages():
 
 
 def work(job: dict) -> dict:
-    """The child's part (:func:`pipeline.export.litert.run_child`)."""
+    """The child's part (:func:`pipeline.core.runner.run_child`)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     blob = Path(job["model"]).read_bytes()
