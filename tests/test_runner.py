@@ -4,6 +4,7 @@ nothing, and validate's refusal of files that are not classifiers."""
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,7 @@ def test_validate_refuses_a_file_that_does_not_fit_the_data(copy_of_smoke, model
 def test_a_sessions_child_runs_job_after_job_and_is_replaced_after_a_crash_or_a_timeout(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # where the child finds child_jobs
     path = tmp_path / "m.tflite"
+    named = re.escape(str(path))
 
     def run(do: str, timeout: float = 60) -> int:
         return run_child("child_jobs", {"do": do}, path, timeout)["pid"]
@@ -171,22 +173,23 @@ def test_a_sessions_child_runs_job_after_job_and_is_replaced_after_a_crash_or_a_
     with session():
         first = run("ok")
         assert run("ok") == first  # one process for the session's jobs
-        with pytest.raises(PipelineError, match=f"^{path}: cannot run in LiteRT: refused$"):
+        with pytest.raises(PipelineError, match=f"^{named}: cannot run in LiteRT: refused$"):
             run("refuse")
         assert run("ok") == first  # a refused file is an answer, not a failure of the child
-        with pytest.raises(PipelineError, match=rf"^{path}: the LiteRT interpreter crashed \(SIGSEGV\) on this file"):
+        with pytest.raises(PipelineError, match=rf"^{named}: the LiteRT interpreter crashed \(SIGSEGV\) on this file"):
             run("crash")
         second = run("ok")
         assert second != first
-        with pytest.raises(PipelineError, match=f"^{path}: RuntimeError: an unexpected failure$"):
+        with pytest.raises(PipelineError, match=f"^{named}: RuntimeError: an unexpected failure$"):
             run("raise")
-        with pytest.raises(PipelineError, match=f"^{path}: LiteRT did not finish within 1s$"):
+        with pytest.raises(PipelineError, match=f"^{named}: LiteRT did not finish within 1s$"):
             run("hang", timeout=1)
         third = run("ok")
         assert third not in (first, second)
         os.kill(third, signal.SIGKILL)  # killed between jobs (the OOM killer): the next file is not blamed
         while Path(f"/proc/{third}/stat").read_text().split()[2] != "Z":  # dead, not yet reaped
             time.sleep(0.01)
-        third = run("ok")
-    assert not Path(f"/proc/{third}").exists() or "Z" in Path(f"/proc/{third}/stat").read_text().split()[2]
-    assert run("ok") != third  # outside a session, a child of its own
+        fourth = run("ok")
+        assert fourth != third
+    assert not Path(f"/proc/{fourth}").exists() or "Z" in Path(f"/proc/{fourth}/stat").read_text().split()[2]
+    assert run("ok") != fourth  # outside a session, a child of its own
