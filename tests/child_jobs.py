@@ -3,6 +3,8 @@
 
 import os
 import signal
+import sys
+import threading
 import time
 
 from pipeline.core.runner import JobError
@@ -17,5 +19,11 @@ def work(job: dict) -> dict:
         raise JobError("cannot run in LiteRT: refused")
     if job["do"] == "raise":
         raise RuntimeError("an unexpected failure")
+    if job["do"] == "die_after":  # answers, then crashes while the next job is on its way
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGSEGV)).start()
+    if job["do"] == "nap":
+        time.sleep(0.3)
+    if job["do"] == "garbage":  # native code writing on the answers' pipe
+        os.write(int(sys.argv[1]), b"not json\n")
     print("printed on stdout, not an answer", flush=True)
     return {"pid": os.getpid()}

@@ -191,5 +191,10 @@ def test_a_sessions_child_runs_job_after_job_and_is_replaced_after_a_crash_or_a_
             time.sleep(0.01)
         fourth = run("ok")
         assert fourth != third
+        assert run("die_after") == fourth
+        assert run("nap") != fourth  # the last file's crash, during this one: rerun in a new child, not blamed
+        with pytest.raises(PipelineError, match=f"^{named}: LiteRT's child process answered something that is not"):
+            run("garbage")
+        fourth = run("ok")
     assert not Path(f"/proc/{fourth}").exists() or "Z" in Path(f"/proc/{fourth}/stat").read_text().split()[2]
     assert run("ok") != fourth  # outside a session, a child of its own

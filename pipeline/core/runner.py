@@ -190,6 +190,10 @@ class JobError(Exception):
     """Raised by a job in the child for a file LiteRT cannot run: its message becomes the PipelineError's."""
 
 
+class _ChildFailed(Exception):
+    """The child died, or answered garbage, on a job (its message: the PipelineError's, if it is the file's)."""
+
+
 class _Child:
     """The child process that runs the jobs of a :func:`session`, one after another: it is started at the
     first job, and again after a crash or a timeout ended it. Jobs go in on its stdin, one JSON line each;
@@ -208,8 +212,23 @@ class _Child:
         os.close(write_end)
 
     def run(self, module: str, job: dict, path: Path, timeout: float) -> dict:
+        """``module.work(job)``'s answer. A child that dies (or answers garbage) on a job after earlier
+        ones may be dying of them (a delayed crash, a heap an earlier file damaged): the job runs again
+        in a new child, and only a failure there is this file's."""
         if self.proc is not None and self.proc.poll() is not None:  # gone between jobs: not this file's doing
             self.close()
+        fresh = self.proc is None
+        try:
+            answer = self._run_once(module, job, path, timeout)
+        except _ChildFailed as failed:
+            if fresh:
+                raise PipelineError(str(failed)) from None
+            return self.run(module, job, path, timeout)  # in a new child: a failure there is the file's
+        if "error" in answer:
+            raise PipelineError(f"{path}: {answer['error']}")
+        return answer["result"]
+
+    def _run_once(self, module: str, job: dict, path: Path, timeout: float) -> dict:
         if self.proc is None:
             self._start()
         told = self.stderr.seek(0, os.SEEK_END)
@@ -222,32 +241,36 @@ class _Child:
         except TimeoutError:
             self.close()
             raise PipelineError(f"{path}: LiteRT did not finish within {timeout:.0f}s") from None
-        if not line:  # the child is gone
-            code = self.proc.wait()
-            self.stderr.seek(told)
-            lines = [s for s in self.stderr.read().decode(errors="replace").splitlines() if s.strip()]
+        if line:
+            with contextlib.suppress(ValueError):
+                answer = json.loads(line)
+                if isinstance(answer, dict) and ("result" in answer or "error" in answer):
+                    return answer
             self.close()
-            if code < 0:
-                raise PipelineError(f"{path}: the LiteRT interpreter crashed ({signal.Signals(-code).name}) "
-                                    "on this file; it is not a valid TFLite model")
-            raise PipelineError(f"{path}: {lines[-1].strip() if lines else 'LiteRT failed'}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise PipelineError(f"{path}: {answer['error']}")
-        return answer["result"]
+            raise _ChildFailed(f"{path}: LiteRT's child process answered something that is not an answer")
+        code = self.proc.wait()  # the child is gone
+        self.stderr.seek(told)
+        lines = [s for s in self.stderr.read().decode(errors="replace").splitlines() if s.strip()]
+        self.close()
+        if code < 0:
+            raise _ChildFailed(f"{path}: the LiteRT interpreter crashed ({signal.Signals(-code).name}) on this "
+                               "file; it is not a valid TFLite model")
+        raise _ChildFailed(f"{path}: {lines[-1].strip() if lines else 'LiteRT failed'}")
 
     def _answer(self, timeout: float) -> bytes:
-        """One line from the answers pipe; b"" if the child closed it (it died)."""
-        deadline, got = time.monotonic() + timeout, b""
-        while not got.endswith(b"\n"):
+        """One line from the answers pipe (b"{}" if more came at once: not an answer); b"" if the child
+        closed it (it died)."""
+        deadline, chunks = time.monotonic() + timeout, []
+        while not chunks or not chunks[-1].endswith(b"\n"):
             ready, _, _ = select.select([self.answers], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 raise TimeoutError
             chunk = os.read(self.answers, 1 << 16)
             if not chunk:
                 return b""
-            got += chunk
-        return got
+            chunks.append(chunk)
+        got = b"".join(chunks)
+        return got if got.count(b"\n") == 1 else b"{}"
 
     def close(self) -> None:
         if self.proc is None:
@@ -290,6 +313,7 @@ def run_child(module: str, job: dict, path: Path, timeout: float) -> dict:
 def _serve(answers: int) -> None:
     """The child: run each job read from stdin, and write its answer to the ``answers`` file descriptor.
     stdout is pointed at stderr, so nothing printed can be taken for an answer."""
+    os.set_inheritable(answers, False)  # a process a job starts must not hold it open
     out = os.fdopen(answers, "w")
     os.dup2(2, 1)
     for line in sys.stdin:
