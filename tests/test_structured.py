@@ -247,6 +247,11 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     clustered = [t for t in entry["file_weights"]["tensors"] if any(name in t["name"] for name in layers)]
     assert len(clustered) == len(layers) and all(t["unique_per_channel"] <= 9 for t in clustered), clustered
     assert not (project / "models/smoke.pruned.pcqat.h5").exists()
+    shrunk = project / "models" / "smoke.shrunk.keras"
+    for stage in ("prune", "convert", "validate"):  # the shrunk model given as a model of one's own
+        run_cli(stage, *SMOKE, *small, "--set", "convert.formats=[float32, int8]", "--model", str(shrunk), cwd=project)
+    report = json.loads((project / "tflite_out" / "smoke.shrunk.report.json").read_text())
+    assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
 
     fails_cleanly(run_cli("cluster", *SMOKE, *small, cwd=project, check=False), "cluster.enabled is false")
     fails_cleanly(run_cli("qat", *SMOKE, *small, "--set", "quantize.aware=cqat", cwd=project, check=False),
