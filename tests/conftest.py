@@ -25,6 +25,8 @@ import pipeline  # noqa: E402,F401  (selects Keras 2 before anything imports Ten
 from pipeline.core.framework import tf  # noqa: E402
 from pipeline.data import Dataset, fingerprint  # noqa: E402
 
+KERAS_3_LOADED = "keras" in sys.modules  # by importing the pipeline, TF-MOT included (test_layout)
+
 # two logical CPU devices, for train.distribute: mirrored (one device unless a strategy asks for both);
 # possible only before TensorFlow initialises its devices
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],

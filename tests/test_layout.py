@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import KERAS_3_LOADED, ROOT
 
 PACKAGE = ROOT / "pipeline"
 
@@ -51,3 +51,9 @@ def test_cheap_commands_do_not_import_tensorflow():
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_importing_the_pipeline_does_not_load_keras_3():
+    """TF-MOT's import reaches for the `keras` package and so loaded all of Keras 3 at every command's
+    start (0.6-0.7 s), to no use; the conftest imported the pipeline before any test ran."""
+    assert not KERAS_3_LOADED

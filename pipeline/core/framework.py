@@ -45,8 +45,20 @@ def native_output_silenced():
 
 with native_output_silenced():
     import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
     import tf_keras as keras
+
+    # TF-MOT's pruning registry tries `keras.src.engine` (a Keras 2 path) from the `keras` package,
+    # which imports all of Keras 3 (0.6-0.7 s of every command's start) only to fail and fall back.
+    # Unless Keras 3 is loaded already, that import fails at once instead: the same fallback, the same
+    # registry, and `keras` stays importable afterwards (keras3() below)
+    _blocked = "keras" not in sys.modules
+    if _blocked:
+        sys.modules["keras"] = None
+    try:
+        import tensorflow_model_optimization as tfmot
+    finally:
+        if _blocked:
+            del sys.modules["keras"]
 
     tf.config.list_physical_devices()  # device discovery (and its cuInit error) happens here, silenced
     if not verbose():
