@@ -72,11 +72,11 @@ def test_a_global_batch_the_replicas_cannot_share_is_refused():
 MULTI_WORKER = """extends: smoke.yaml
 name: mw
 data:
-  limit_train: 1000
+  limit_train: 600
 model:
   dropout: 0.0            # no dropout and batch normalisation over the global batch: the workers' steps
 train:                    # are one process's steps, up to float rounding
-  epochs: 3
+  epochs: 2
   distribute: multi_worker
   sync_batchnorm: true
 prune:                    # one epoch, the sparsity reached by its end
@@ -106,9 +106,9 @@ def test_two_workers_survive_a_kill_train_like_one_process_and_prune(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = []
-    for line in launcher.stdout:  # until the state of two of the three epochs is saved
+    for line in launcher.stdout:  # until the state of the first of the two epochs is saved
         lines.append(line)
-        if line.startswith("[worker 1] Epoch 3/3"):
+        if line.startswith("[worker 1] Epoch 2/2"):
             break
     pids = worker_pids(lines)
     assert len(pids) == 2, "".join(lines)
@@ -123,7 +123,7 @@ def test_two_workers_survive_a_kill_train_like_one_process_and_prune(tmp_path):
     assert not (project / "models" / "mw.keras").exists()
 
     out = run_cli("train", *MW, "--workers", "2", cwd=project).stdout
-    assert "[worker 0] resuming from epoch 3 of 3" in out and "[worker 1] resuming from epoch 3 of 3" in out, out
+    assert "[worker 0] resuming from epoch 2 of 2" in out and "[worker 1] resuming from epoch 2 of 2" in out, out
     assert "[worker 1] train: this worker's part is done; the chief writes models/mw.keras" in out
     assert sorted(p.name for p in (project / "models").iterdir()) == ["mw.keras", "mw.keras.json"]  # no state left
     two = json.loads((project / "models" / "mw.keras.json").read_text())["metrics"]
