@@ -1,4 +1,4 @@
-"""qat: TF-MOT quantization-aware training on every registered architecture (its leading Rescaling
+"""qat: TF-MOT quantization-aware training on every kind of architecture (its leading Rescaling
 left in float), pqat keeping the pruned zeros into the int8 file, the stage and its refusals."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import SMOKE, fails_cleanly, run_cli, tiny_dataset
+from test_architectures import BY_LAYER_KINDS
 
 from pipeline import architectures
 from pipeline.compression.qat import kept_in_float, qat_model, quantize_aware, quantized_layers
@@ -45,8 +46,8 @@ def check_quantize_aware(model, aware: str) -> None:
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.06)  # fake quantization's noise only
 
 
-@pytest.mark.parametrize("name", architectures.names())
-def test_every_registered_architecture_takes_every_scheme_with_its_rescaling_in_float(name):
+@pytest.mark.parametrize("name", BY_LAYER_KINDS)
+def test_every_kind_of_architecture_takes_every_scheme_with_its_rescaling_in_float(name):
     model = architectures.build(name, (28, 28, 1), 10, width=8)
     for aware in ("qat", "pqat", "cqat", "pcqat"):
         check_quantize_aware(model, aware)
