@@ -52,11 +52,16 @@ def test_clustering_leaves_each_kernel_its_clusters_and_keeps_a_pruned_models_ze
         assert distinct_values(stripped, ["stage1_conv"])["stage1_conv"] > 6  # left as it was
 
 
+@pytest.fixture(scope="module")
+def clustered(model):
+    """``model`` with two kernels clustered to 4 values (each scheme below fine-tunes it; none changes it)."""
+    c = ClusterParams(clusters=4, layers=["stage2_conv", "bottleneck_conv"], epochs=1, batch_size=32)
+    return cluster_model(model, DATA, c, seed=0, preserve_sparsity=False)[0]
+
+
 @pytest.mark.parametrize("aware", ["cqat", "pcqat"])
 def test_cluster_preserving_qat_keeps_the_clusters_per_channel_in_the_int8_file_and_saves_as_default_qat(
-        model, aware, tmp_path):
-    c = ClusterParams(clusters=4, layers=["stage2_conv", "bottleneck_conv"], epochs=1, batch_size=32)
-    clustered, _, _ = cluster_model(model, DATA, c, seed=0, preserve_sparsity=False)
+        clustered, aware, tmp_path):
     aware_model, _ = qat_model(clustered, DATA, QuantizeParams(aware=aware, epochs=1, batch_size=32), seed=0)
     blob = to_tflite(aware_model, "int8", DATA.x_train[:20].astype(np.float32))
     per_channel = {t["name"]: t["unique_per_channel"] for t in weight_stats(blob)["tensors"]}
