@@ -22,15 +22,26 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import pipeline  # noqa: E402,F401  (selects Keras 2 before anything imports TensorFlow)
-from pipeline.core.framework import tf  # noqa: E402
 from pipeline.data import Dataset, fingerprint  # noqa: E402
 
-KERAS_3_LOADED = "keras" in sys.modules  # by importing the pipeline, TF-MOT included (test_layout)
+KERAS_3_LOADED = None  # whether importing the pipeline, TF-MOT included, loaded Keras 3 (test_layout)
 
-# two logical CPU devices, for train.distribute: mirrored (one device unless a strategy asks for both);
-# possible only before TensorFlow initialises its devices
-tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+
+def pytest_sessionstart(session):
+    """TensorFlow in the processes that run tests, before any test module is imported: not in
+    pytest-xdist's controller, which only hands out tests (its import cost 5 s before any worker started)."""
+    global KERAS_3_LOADED
+    config = session.config
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    from pipeline.core.framework import tf
+
+    KERAS_3_LOADED = "keras" in sys.modules
+    # two logical CPU devices, for train.distribute: mirrored (one device unless a strategy asks for both);
+    # possible only before TensorFlow initialises its devices
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                               [tf.config.LogicalDeviceConfiguration()] * 2)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
