@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..compression.clustering import cluster_model
@@ -70,11 +71,13 @@ def quant_compare(params: Params, out_dir: Path = COMPARE_DIR) -> Path:
              ("prune → cluster → PTQ int8", "pruned + clustered", clustered, "int8"),
              ("PCQAT int8", "pruned + clustered", aware(clustered, "pcqat"), "int8")]
     representative = representative_data(data, params.convert, seed)
-    paths = []
-    for i, (label, _, model, fmt) in enumerate(rows):  # converted, then all measured one after another
-        with Exporter(model) as exporter:
+    paths, exporters = [], {}
+    with ExitStack() as stack:  # each model exported once for all its rows (seven rows of the trained one)
+        for i, (label, _, model, fmt) in enumerate(rows):  # converted, then all measured one after another
+            if id(model) not in exporters:
+                exporters[id(model)] = stack.enter_context(Exporter(model))
             paths.append(out_dir / f"{i:02d}.{fmt}.tflite")
-            write_bytes(paths[-1], exporter.convert(fmt, representative))
+            write_bytes(paths[-1], exporters[id(model)].convert(fmt, representative))
     results = []
     for (label, source, _, fmt), path in zip(rows, paths):
         entry = measure(path, data, params.validate, threads=[1])
