@@ -10,7 +10,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import ConvertParams, PruneParams
 from pipeline.export import litert
 from pipeline.export.costs import model_costs, totals
-from pipeline.export.tflite import representative_data, to_tflite
+from pipeline.export.tflite import Exporter, representative_data, to_tflite
 from pipeline.training.fit import compile_for_training, predict_labels
 
 DATA = tiny_dataset()
@@ -79,13 +79,20 @@ def test_a_prune_that_ends_short_of_its_sparsity_fails_naming_both(copy_of_smoke
     assert snapshot(copy_of_smoke) == before
 
 
+@pytest.fixture(scope="module")
+def exporter(trained):
+    """The trained model exported once, for each format of the test below."""
+    with Exporter(trained) as exporter:
+        yield exporter
+
+
 @pytest.mark.parametrize("fmt, bound", [("float32", 1.0), ("float16", 1.0), ("dynamic_int8", 0.95),
                                         ("int8", 0.95), ("int16x8", 0.95), ("aeq_int8", 0.95),
                                         ("aeq_int16x8", 0.95), ("aeq_dynamic_int8", 0.95),
                                         ("aeq_weight_only_int8", 0.95)])
-def test_tflite_agrees_with_keras(trained, tmp_path, fmt, bound):
+def test_tflite_agrees_with_keras(trained, exporter, tmp_path, fmt, bound):
     """float formats must agree exactly on top-1; int8 formats on at least 95% of these tiny inputs."""
-    blob = to_tflite(trained, fmt, representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
+    blob = exporter.convert(fmt, representative_data(DATA, ConvertParams(representative_samples=50), seed=0))
     path = tmp_path / f"m.{fmt}.tflite"
     path.write_bytes(blob)
     predictions, latencies = litert.evaluate(path, DATA.x_test, 16, [1], warmup=2, runs=200)
