@@ -47,9 +47,11 @@ def check_quantize_aware(model, aware: str) -> None:
 
 
 @pytest.mark.parametrize("name", BY_LAYER_KINDS)
-def test_every_kind_of_architecture_takes_every_scheme_with_its_rescaling_in_float(name):
+def test_every_kind_of_architecture_takes_qat_pqat_and_pcqat_with_its_rescaling_in_float(name):
     model = architectures.build(name, (28, 28, 1), 10, width=8)
-    for aware in ("qat", "pqat", "cqat", "pcqat"):
+    # cqat is TF-MOT's pcqat scheme with its sparsity flag off: the same registry, so the same layers
+    # supported and wrapped (it is trained and converted in test_cluster)
+    for aware in ("qat", "pqat", "pcqat"):
         check_quantize_aware(model, aware)
 
 
