@@ -227,7 +227,7 @@ def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(t
 @pytest.mark.e2e
 def test_mtl_compare_trains_every_variant_and_sums_the_single_task_models(tmp_path):
     project = new_project(tmp_path)
-    run_cli("mtl-compare", *MULTI, "--set", "train.epochs=1", "--set", "data.limit_train=1200",
+    run_cli("mtl-compare", *MULTI, "--set", "train.epochs=1", "--set", "data.limit_train=600",
             "--set", "data.limit_test=200", cwd=project)
     result = json.loads((project / "tflite_out" / "mtl" / "mtl.json").read_text())
     names = [r["variant"] for r in result["variants"]]
