@@ -45,6 +45,12 @@ def native_output_silenced():
 
 with native_output_silenced():
     import tensorflow as tf
+
+    if not tf.keras.__name__.startswith("tf_keras"):  # (before importing more only to refuse)
+        raise PipelineError(
+            "TensorFlow was imported with Keras 3 before the pipeline could select Keras 2; "
+            "set TF_USE_LEGACY_KERAS=1 or import `pipeline` before `tensorflow`"
+        )
     import tf_keras as keras
 
     # TF-MOT's pruning registry tries `keras.src.engine` (a Keras 2 path) from the `keras` package,
@@ -63,13 +69,6 @@ with native_output_silenced():
     tf.config.list_physical_devices()  # device discovery (and its cuInit error) happens here, silenced
     if not verbose():
         tf.get_logger().setLevel("ERROR")
-
-if not tf.keras.__name__.startswith("tf_keras"):
-    raise PipelineError(
-        "TensorFlow was imported with Keras 3 before the pipeline could select Keras 2; "
-        "set TF_USE_LEGACY_KERAS=1 or import `pipeline` before `tensorflow`"
-    )
-
 
 
 def keras3():
