@@ -53,9 +53,9 @@ with native_output_silenced():
         )
     import tf_keras as keras
 
-    # TF-MOT's pruning registry tries `keras.src.engine` (a Keras 2 path) from the `keras` package,
-    # which imports all of Keras 3 (0.6-0.7 s of every command's start) only to fail and fall back.
-    # Unless Keras 3 is loaded already, that import fails at once instead: the same fallback, the same
+    # TF-MOT's pruning registry tries `keras.src.engine` (a Keras 2 path) from the `keras` package, which
+    # imports all of Keras 3 (0.7 to 1.3 s of every command's start, docs/test-time.md) only to fail and fall
+    # back. Unless Keras 3 is loaded already, that import fails at once instead: the same fallback, the same
     # registry, and `keras` stays importable afterwards (keras3() below)
     _blocked = "keras" not in sys.modules
     if _blocked:
