@@ -55,5 +55,5 @@ def test_cheap_commands_do_not_import_tensorflow():
 
 def test_importing_the_pipeline_does_not_load_keras_3():
     """TF-MOT's import reaches for the `keras` package and so loaded all of Keras 3 at every command's
-    start (0.6-0.7 s), to no use; the conftest imported the pipeline before any test ran."""
+    start (0.7 to 1.3 s), to no use; the conftest imported the pipeline before any test ran."""
     assert not KERAS_3_LOADED
