@@ -16,6 +16,7 @@ from ..training import distribute
 from ..training.distill import TeacherFile
 from ..training.fit import fit_target, seed_everything
 from ..training.resume import Diverged, divergence_hint, fit_resumable
+from . import wrapped_copy
 
 clustering = tfmot.clustering.keras
 CLUSTERABLE = ("Conv2D", "Dense", "DepthwiseConv2D")
@@ -78,9 +79,7 @@ def cluster_model(model, data: Dataset, c: ClusterParams, seed: int, preserve_sp
 
     with strategy.scope():
         net = distribute.replica(model, strategy, train_p.sync_batchnorm)
-        copy = keras.models.clone_model(net)  # wrapped layers start from the trained weights; net stays as it is
-        copy.set_weights(net.get_weights())
-        wrapped = keras.models.clone_model(copy, clone_function=wrap)
+        wrapped = wrapped_copy(net, wrap)
         target = fit_target(wrapped, data, train_p, keras.optimizers.schedules.CosineDecay(
             c.learning_rate, steps * c.epochs), teacher.load(data) if teacher else None)
     keep = fit_resumable(target, feed, c.epochs, state_dir, key, strategy=strategy, callbacks=[Diverged(

@@ -14,6 +14,7 @@ from ..training import distribute
 from ..training.distill import TeacherFile
 from ..training.fit import fit_target, seed_everything
 from ..training.resume import Diverged, divergence_hint, fit_resumable
+from . import wrapped_copy
 
 sparsity = tfmot.sparsity.keras
 
@@ -82,11 +83,7 @@ def wrap_for_pruning(model, schedule, min_weights: int = 0, m_by_n: list[int] | 
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
         return layer
 
-    # wrap the layers of a copy that holds the trained weights (and batch-norm statistics): every layer
-    # starts where training left it, and fine-tuning leaves the caller's model untouched
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return keras.models.clone_model(copy, clone_function=wrap)
+    return wrapped_copy(model, wrap)
 
 
 class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):

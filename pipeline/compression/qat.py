@@ -27,6 +27,7 @@ from ..training import distribute
 from ..training.distill import TeacherFile
 from ..training.fit import fit_target, seed_everything
 from ..training.resume import Diverged, divergence_hint, fit_resumable
+from . import wrapped_copy
 
 quantization = tfmot.quantization.keras
 INPUT_SCALING = ("Rescaling", "Normalization")  # left in float when they read the model's input
@@ -68,11 +69,8 @@ def quantize_aware(model, aware: str):
     batch-norm statistics: "qat"; "pqat" keeps the zeros pruning left through fine-tuning; "cqat" keeps
     the clusters (per output channel, as int8 scales are); "pcqat" keeps both.
     A layer TF-MOT cannot quantize is refused with one line naming it."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    floats = set(kept_in_float(copy))
-    # the annotations wrap the copy's own layers, weights and all
-    annotated = keras.models.clone_model(copy, clone_function=lambda layer: layer if (
+    floats = set(kept_in_float(model))
+    annotated = wrapped_copy(model, lambda layer: layer if (
         layer.name in floats or type(layer).__name__ == "InputLayer") else quantization.quantize_annotate_layer(layer))
     scheme = _schemes()[aware]()
     registry = _LeaveInputScaling(scheme.get_quantize_registry(), floats)

@@ -53,6 +53,21 @@ with native_output_silenced():
         )
     import tf_keras as keras
 
+    # tf_keras leaves `synchronized` out of BatchNormalization's config, so a clone of a layer synchronised
+    # across replicas was not. Pruning, clustering and QAT wrap a clone of the replica they fine-tune, so
+    # under train.sync_batchnorm each replica normalised its own part of the batch, and a mirrored fine-tuning
+    # took other steps than one device. The key is written only when true: a model saved outside a strategy
+    # has none (pipeline.training.distribute.local_copy), and its file stays as tf_keras writes it
+    _batch_norm_config = keras.layers.BatchNormalization.get_config
+
+    def _batch_norm_config_with_sync(layer):
+        config = _batch_norm_config(layer)
+        if layer.synchronized:
+            config["synchronized"] = True
+        return config
+
+    keras.layers.BatchNormalization.get_config = _batch_norm_config_with_sync
+
     # TF-MOT's pruning registry tries `keras.src.engine` (a Keras 2 path) from the `keras` package, which
     # imports all of Keras 3 (0.7 to 1.3 s of every command's start, docs/test-time.md) only to fail and fall
     # back. Unless Keras 3 is loaded already, that import fails at once instead: the same fallback, the same
