@@ -27,7 +27,6 @@ from ..training import distribute
 from ..training.distill import TeacherFile
 from ..training.fit import fit_target, seed_everything
 from ..training.resume import Diverged, divergence_hint, fit_resumable
-from . import wrapped_copy
 
 quantization = tfmot.quantization.keras
 INPUT_SCALING = ("Rescaling", "Normalization")  # left in float when they read the model's input
@@ -69,8 +68,12 @@ def quantize_aware(model, aware: str):
     batch-norm statistics: "qat"; "pqat" keeps the zeros pruning left through fine-tuning; "cqat" keeps
     the clusters (per output channel, as int8 scales are); "pcqat" keeps both.
     A layer TF-MOT cannot quantize is refused with one line naming it."""
-    floats = set(kept_in_float(model))
-    annotated = wrapped_copy(model, lambda layer: layer if (
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    floats = set(kept_in_float(copy))
+    # the annotations wrap the copy's own layers, weights and all (kept_in_float reads the copy: a layer of
+    # ``model`` may be shared with the model it was stripped from, and its input be that model's)
+    annotated = keras.models.clone_model(copy, clone_function=lambda layer: layer if (
         layer.name in floats or type(layer).__name__ == "InputLayer") else quantization.quantize_annotate_layer(layer))
     scheme = _schemes()[aware]()
     registry = _LeaveInputScaling(scheme.get_quantize_registry(), floats)
