@@ -170,8 +170,11 @@ def pytest_collection_modifyitems(config, items):
     # other, and an idle worker then takes tests from the end of the other's queue. So: the tests on the
     # smoke project open the first half (its worker builds the project), the other end-to-end tests open
     # the second (its worker does not wait for that build), and the many short tests end both halves
-    smoke = [item for item in items if SMOKE_FIXTURES & set(getattr(item, "fixturenames", ()))]
-    e2e = [item for item in items if item.get_closest_marker("e2e") is not None and item not in smoke]
+    # the smoke end of the order, and the end-to-end tests of the second half, start with their long tests:
+    # a long test started last would keep one worker busy while the other has nothing left to take
+    first = lambda group: sorted(group, key=lambda item: item.get_closest_marker("long") is None)  # noqa: E731
+    smoke = first(item for item in items if SMOKE_FIXTURES & set(getattr(item, "fixturenames", ())))
+    e2e = first(item for item in items if item.get_closest_marker("e2e") is not None and item not in smoke)
     short = [item for item in items if item.get_closest_marker("e2e") is None]
     fill = max(0, len(items) // 2 - len(smoke))
     items[:] = smoke + short[:fill] + e2e + short[fill:]

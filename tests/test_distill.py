@@ -129,6 +129,7 @@ def test_a_teacher_that_does_not_fit_is_refused(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_training_pruning_and_recipe_compare_distil_from_a_config_or_the_parent(tmp_path):
     project = new_project(tmp_path)
     small = ("--set", "data.limit_train=600", "--set", "train.epochs=2")

@@ -154,6 +154,7 @@ def worker_pids(lines: list[str]) -> list[int]:
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_two_workers_survive_a_kill_and_train_like_one_process(tmp_path):
     project = multi_worker_project(tmp_path, "two")
     launcher = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *MW, "--workers", "2"], cwd=project,

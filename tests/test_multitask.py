@@ -205,6 +205,7 @@ MULTI = ("--params", "configs/multifashion.yaml", "--set", "model.architecture=t
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(tmp_path):
     project = new_project(tmp_path)
     for stage in ("train", "prune", "convert", "validate"):
@@ -225,6 +226,7 @@ def test_multifashion_goes_through_every_stage_with_per_task_reports_and_gates(t
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_mtl_compare_trains_every_variant_and_sums_the_single_task_models(tmp_path):
     project = new_project(tmp_path)
     run_cli("mtl-compare", *MULTI, "--set", "train.epochs=1", "--set", "data.limit_train=600",

@@ -1,5 +1,6 @@
 """qat: TF-MOT quantization-aware training on every kind of architecture (its leading Rescaling
-left in float), pqat keeping the pruned zeros into the int8 file, the stage and its refusals."""
+left in float), pqat keeping the pruned zeros into the int8 file, and quant-compare. (The qat stage,
+its file, its validation and its refusals: the compression chain of test_structured.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pipeline import architectures
 from pipeline.compression.qat import kept_in_float, qat_model, quantize_aware, quantized_layers
 from pipeline.core.errors import PipelineError
 from pipeline.core.framework import keras
-from pipeline.core.keras_io import load_model
 from pipeline.core.params import ParamsError, QuantizeParams, load_params
 from pipeline.export.flatbuffer import weight_stats
 from pipeline.export.tflite import to_tflite
@@ -90,37 +90,6 @@ def test_pqat_keeps_the_pruned_zeros_into_the_int8_file():
     assert found["qat"][0] < 0.1, found  # plain QAT lets the zeros move: the check can tell
 
 
-@pytest.mark.e2e
-def test_the_qat_stage_writes_a_model_whose_int8_file_is_validated_against_it(copy_of_smoke):
-    project, small = copy_of_smoke, ("--set", "quantize.aware=pqat", "--set", "quantize.epochs=1")
-    out = run_cli("qat", *SMOKE, *small, cwd=project).stdout
-    assert "kept in float: rescale" in out and "models/smoke.pqat.h5" in out
-    record = json.loads((project / "models/smoke.pqat.h5.json").read_text())
-    assert record["metrics"]["kernel_sparsity"] >= record["metrics"]["parent_kernel_sparsity"] > 0.4
-    assert quantized_layers(load_model(project / "models/smoke.pqat.h5"))  # reloads as a quantization-aware model
-    assert "up to date" in run_cli("qat", *SMOKE, *small, cwd=project).stdout
-    run_cli("convert", *SMOKE, *small, cwd=project)
-    assert not list((project / "tflite_out").glob("smoke.pqat.float*.tflite"))  # int8 only
-    run_cli("validate", *SMOKE, *small, cwd=project)
-    report = json.loads((project / "tflite_out/smoke.report.json").read_text())
-    (entry,) = [e for e in report["artefacts"] if e["file"].endswith("smoke.pqat.int8.tflite")]
-    assert entry["keras_model"].endswith("models/smoke.pqat.h5")
-    assert entry["keras_agreement"] >= 0.97, entry
-    assert entry["file_weights"]["zero_share"] >= 0.4
-    assert entry["micro"]["same_labels"] >= 9  # its C array, run in LiteRT Micro
-    layers = json.loads((project / "tflite_out/smoke.layers.json").read_text())["files"]["smoke.pqat.int8.tflite"]
-    assert layers["reference"] == "smoke.pruned.float32.tflite"  # the float file of the model it was tuned from
-    rows = {r["layer"]: r for r in layers["rows"]}  # the quant_ wrappers matched to the layers they wrap
-    assert {"stage1_conv + stage1_bn + stage1_relu", "predictions", "output"} <= set(rows), sorted(rows)
-    assert 0 < rows["output"]["error"] < 0.2
-
-    fails_cleanly(run_cli("qat", *SMOKE, cwd=project, check=False), "quantize.aware is none")
-    fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=pqat", "--set", "prune.enabled=false", cwd=project,
-                          check=False), "quantize.aware", "prune.enabled is false")
-    fails_cleanly(run_cli("qat", *SMOKE, "--set", "quantize.aware=qat", "--model", "models/smoke.pruned.keras",
-                          cwd=project, check=False), "already a pruned model")
-
-
 def test_quantize_params_refuse_what_they_cannot_do():
     with pytest.raises(ParamsError, match="quantize.aware"):
         load_params("params.yaml", ["quantize.aware=cluster"])
@@ -133,6 +102,7 @@ def test_quantize_params_refuse_what_they_cannot_do():
     assert "QAT := \n" in CliRunner().invoke(cli, ["paths"]).output
 
 
+@pytest.mark.long
 def test_quant_compare_measures_every_quantization_in_one_table(copy_of_smoke):
     """The smoke config's models through every quantization; the preserving schemes keep what they say,
     measured in the files."""

@@ -13,8 +13,10 @@ from pipeline import architectures
 from pipeline.compression.channels.graph import ChannelGraph
 from pipeline.compression.channels.ranking import rank
 from pipeline.compression.channels.surgery import choose, remove_channels
+from pipeline.compression.qat import quantized_layers
 from pipeline.core.errors import PipelineError
 from pipeline.core.framework import keras
+from pipeline.core.keras_io import load_model
 from pipeline.export.costs import model_costs, totals
 
 DATA = tiny_dataset(n=120, size=12)
@@ -204,6 +206,7 @@ def test_the_rounds_stop_once_the_target_is_reached():
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_clusters_kept(tmp_path):
     """structured -> magnitude pruning -> clustering -> PCQAT, as a config says and `make all` runs it;
     then the sensitivity scan and prune-compare on the same models."""
@@ -232,14 +235,28 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     record = json.loads((project / "models/smoke.shrunk.clustered.keras.json").read_text())
     layers = record["metrics"]["clustered_layers"]
     assert layers and max(layers.values()) <= 9
-    for stage in ("qat", "convert", "validate"):
+    out = run_cli("qat", *SMOKE, *chain, cwd=project).stdout
+    assert "kept in float: rescale" in out and "models/smoke.shrunk.pcqat.h5" in out
+    record = json.loads((project / "models/smoke.shrunk.pcqat.h5.json").read_text())
+    assert record["metrics"]["kernel_sparsity"] >= record["metrics"]["parent_kernel_sparsity"] > 0.3
+    assert quantized_layers(load_model(project / "models/smoke.shrunk.pcqat.h5"))  # reloads quantization-aware
+    assert "up to date" in run_cli("qat", *SMOKE, *chain, cwd=project).stdout
+    for stage in ("convert", "validate"):
         run_cli(stage, *SMOKE, *chain, cwd=project)
+    assert not list((project / "tflite_out").glob("smoke.shrunk.pcqat.float*.tflite"))  # int8 only
     report = json.loads((project / "tflite_out/smoke.report.json").read_text())
     files = {Path(e["file"]).name: e for e in report["artefacts"]}
     assert {"smoke.float32.tflite", "smoke.shrunk.int8.tflite", "smoke.shrunk.pruned.int8.tflite",
             "smoke.shrunk.clustered.int8.tflite", "smoke.shrunk.pcqat.int8.tflite"} <= set(files)
     entry = files["smoke.shrunk.pcqat.int8.tflite"]
+    assert entry["keras_model"].endswith("models/smoke.shrunk.pcqat.h5")
     assert entry["keras_agreement"] >= 0.97, entry
+    assert entry["micro"]["same_labels"] >= 9  # its C array, run in LiteRT Micro
+    errors = json.loads((project / "tflite_out/smoke.layers.json").read_text())["files"]["smoke.shrunk.pcqat.int8.tflite"]
+    assert errors["reference"] == "smoke.shrunk.clustered.float32.tflite"  # the float file of the model it was tuned from
+    rows = {r["layer"]: r for r in errors["rows"]}  # the quant_ wrappers matched to the layers they wrap
+    assert {"stage1_conv + stage1_bn + stage1_relu", "predictions", "output"} <= set(rows), sorted(rows)
+    assert 0 < rows["output"]["error"] < 0.2
     kept = files["smoke.shrunk.clustered.int8.tflite"]["sparsity"]  # the clustered Keras model's zeros
     assert entry["file_weights"]["zero_share"] >= kept - 1e-3 and kept > 0.3, (entry["file_weights"], kept)
     assert entry["macs"] == files["smoke.shrunk.int8.tflite"]["macs"] > 0  # costs counted through the wrappers
@@ -254,8 +271,13 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     assert {e["model"] for e in report["artefacts"]} == {"smoke.shrunk"}
 
     fails_cleanly(run_cli("cluster", *SMOKE, *small, cwd=project, check=False), "cluster.enabled is false")
+    fails_cleanly(run_cli("qat", *SMOKE, *small, cwd=project, check=False), "quantize.aware is none")
     fails_cleanly(run_cli("qat", *SMOKE, *small, "--set", "quantize.aware=cqat", cwd=project, check=False),
                   "quantize.aware", "cluster.enabled is false")
+    fails_cleanly(run_cli("qat", *SMOKE, *small, "--set", "quantize.aware=pqat", "--set", "prune.enabled=false",
+                          cwd=project, check=False), "quantize.aware", "prune.enabled is false")
+    fails_cleanly(run_cli("qat", *SMOKE, *small, "--set", "quantize.aware=qat", "--model", "models/smoke.pruned.keras",
+                          cwd=project, check=False), "already a pruned model")
     fails_cleanly(run_cli("prune-compare", *SMOKE, *chain, cwd=project, check=False), "structured.enabled=false")
     run_cli("sensitivity", *SMOKE, *small, cwd=project)
     assert "| stage2_conv | 8 |" in (project / "tflite_out" / "smoke.sensitivity.md").read_text()

@@ -11,6 +11,7 @@ VARIANTS = ["tiny", "plain_cnn_strided"]
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 def test_zoo_trains_every_variant_on_one_budget_and_writes_table_and_plot(tmp_path):
     project = new_project(tmp_path)
     args = ("zoo", *SMOKE, "--set", f"zoo.variants=[{', '.join(VARIANTS)}]", "--set", "train.epochs=2",
