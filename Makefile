@@ -169,11 +169,13 @@ pictures: $(TRAINED)
 	$(CLI) pictures $(ARGS)
 
 # The whole suite on both cores (pytest-xdist); test-fast: the unit tier only (no stage runs, no real training).
+# Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set: else each of the suite's processes compiles the
+# package again, and each test worker rewrites every test module's assertions again
 test: $(VENV_STAMP) data
-	$(PY) -m pytest -n 2 --dist worksteal
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist worksteal
 
 test-fast: $(VENV_STAMP) data
-	$(PY) -m pytest -n 2 --dist worksteal -m "not e2e"
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist worksteal -m "not e2e"
 
 # Run the test suite and put its bad-input table (.build/bad_input.md) into docs/reliability.md between the markers.
 bad-input-table: test
