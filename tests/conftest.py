@@ -158,20 +158,19 @@ BAD_INPUT_TABLE = ROOT / ".build" / "bad_input.md"
 
 # The end-to-end tier: tests on a trained smoke project, and those marked e2e (whole stages, several
 # trainings or conversions). `make test-fast` runs the rest, the unit tier.
-SMOKE_FIXTURES = {"smoke_project", "copy_of_smoke"}
-E2E_FIXTURES = SMOKE_FIXTURES | {"uninterrupted"}
+SMOKE_FIXTURES = {"smoke_project", "copy_of_smoke"}  # (a test's fixture names include those its fixtures use)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SMOKE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
     # `--dist worksteal` gives the first half of this order to one worker and the second half to the
     # other, and an idle worker then takes tests from the end of the other's queue. So: the tests on the
     # smoke project open the first half (its worker builds the project), the other end-to-end tests open
-    # the second (its worker does not wait for that build), and the many short tests end both halves
-    # the smoke end of the order, and the end-to-end tests of the second half, start with their long tests:
-    # a long test started last would keep one worker busy while the other has nothing left to take
+    # the second (its worker does not wait for that build), and the many short tests end both halves.
+    # Each of the two opening groups starts with its long tests: a long test started last would keep one
+    # worker busy while the other has nothing left to take
     first = lambda group: sorted(group, key=lambda item: item.get_closest_marker("long") is None)  # noqa: E731
     smoke = first(item for item in items if SMOKE_FIXTURES & set(getattr(item, "fixturenames", ())))
     e2e = first(item for item in items if item.get_closest_marker("e2e") is not None and item not in smoke)

@@ -107,7 +107,8 @@ def test_the_copies_pruning_clustering_and_qat_tune_keep_batch_normalisation_syn
     model = architectures.build("tiny", (12, 12, 1), 3, width=4)
     net = distribute.replica(model, strategy, True)
     with strategy.scope(), tfmot.quantization.keras.quantize_scope():
-        copies = {"replica": net, "clone": keras.models.clone_model(net), "copy": wrapped_copy(net, lambda layer: layer),
+        copies = {"replica": net, "clone": keras.models.clone_model(net),
+                  "copy (clustering's)": wrapped_copy(net, lambda layer: layer),
                   "pruning": wrap_for_pruning(net, tfmot.sparsity.keras.ConstantSparsity(0.5, 0), 0),
                   "qat": quantize_aware(net, "qat")}
     for name, copy in copies.items():

@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, SMOKE, built_once, new_project, run_cli, snapshot
+from conftest import ROOT, SMOKE, new_project, run_cli, snapshot
 
 from pipeline.core.keras_io import load_model
 
-TRAIN = ("train", *SMOKE, "--set", "train.epochs=4", "--set", "data.limit_train=2000")
+TRAIN = ("train", *SMOKE)  # the smoke config's training (4 epochs), which made the smoke project's model
 
 
 def start_and_signal(project, sig, when="Epoch 3/"):
@@ -34,9 +34,10 @@ def start_and_signal(project, sig, when="Epoch 3/"):
     return proc.returncode, "".join(seen) + rest
 
 
-@pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory):
-    return built_once(tmp_path_factory, "uninterrupted", lambda project: run_cli(*TRAIN, cwd=project))
+@pytest.fixture
+def uninterrupted(smoke_project):
+    """A run of ``TRAIN`` that nothing interrupted: the smoke project's (shared: only read, or copied)."""
+    return smoke_project
 
 
 TIMINGS = ("train_seconds", "fit_seconds", "train_images_per_second")  # the clock's, not the training's

@@ -214,7 +214,7 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     # the smoke model on 600 training and 200 test images: this test is about the plumbing
     small = ("--set", "data.limit_train=600", "--set", "data.limit_test=200", "--set", "validate.latency_runs=20",
              "--set", "prune.frequency=1", "--set", "prune.epochs=1", "--set", "prune.end_epoch=1",
-             "--set", "model.architecture=tiny", "--set", "structured.max_rounds=2", "--set", "structured.fraction=0.25",
+             "--set", "model.architecture=tiny", "--set", "structured.max_rounds=1", "--set", "structured.fraction=0.25",
              "--set", "structured.finetune_epochs=1", "--set", "structured.accuracy_budget=0.5",
              "--set", "structured.target_ratio=0.1", "--set", "structured.channel_multiple=1")
     chain = (*small, "--set", "structured.enabled=true", "--set", "cluster.enabled=true", "--set", "cluster.clusters=8",
@@ -227,8 +227,9 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     fails_cleanly(run_cli("prune", *SMOKE, *chain, cwd=project, check=False), "mobiledeploy shrink")
     run_cli("shrink", *SMOKE, *chain, cwd=project)
     history = json.loads((project / "models" / "smoke.shrunk.keras.json").read_text())["metrics"]["history"]
-    assert [h["round"] for h in history] == [0, 1, 2] and history[2]["macs"] < history[1]["macs"] < history[0]["macs"]
-    assert "| 2 |" in (project / "tflite_out" / "smoke.shrunk.md").read_text()
+    # one round (several: the tests above)
+    assert [h["round"] for h in history] == [0, 1] and history[1]["macs"] < history[0]["macs"]
+    assert "| 1 |" in (project / "tflite_out" / "smoke.shrunk.md").read_text()
     run_cli("prune", *SMOKE, *chain, cwd=project)  # TF-MOT on the narrower model
     out = run_cli("cluster", *SMOKE, *chain, cwd=project).stdout
     assert "on models/smoke.shrunk.pruned.keras" in out and "zeros kept" in out
@@ -284,9 +285,9 @@ def test_the_whole_chain_runs_as_stages_and_ships_an_int8_file_with_zeros_and_cl
     run_cli("prune-compare", *SMOKE, *small, cwd=project)
     result = json.loads((project / "tflite_out" / "prune_compare" / "prune_compare.json").read_text())
     labels = [r["model"] for r in result["rows"]]
-    assert labels[:4] == ["unpruned", "magnitude (50%)", "structured (l1, 2 rounds)", "structured + magnitude"]
+    assert labels[:4] == ["unpruned", "magnitude (50%)", "structured (l1, 1 round)", "structured + magnitude"]
     assert [label.split("(")[1].rstrip(")") for label in labels[4:]] == ["l1", "l2", "mean_activation", "apoz", "taylor"]
     rows = {r["model"]: r for r in result["rows"]}
-    assert rows["structured (l1, 2 rounds)"]["macs"] < rows["unpruned"]["macs"] == rows["magnitude (50%)"]["macs"]
+    assert rows["structured (l1, 1 round)"]["macs"] < rows["unpruned"]["macs"] == rows["magnitude (50%)"]["macs"]
     assert rows["structured + magnitude"]["sparsity"] > 0.3 and rows["unpruned"]["sparsity"] == 0
-    assert all(r["macs"] == rows["structured (l1, 2 rounds)"]["macs"] for r in result["rows"][4:])  # the same widths
+    assert all(r["macs"] == rows["structured (l1, 1 round)"]["macs"] for r in result["rows"][4:])  # the same widths
