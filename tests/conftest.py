@@ -171,7 +171,9 @@ def pytest_collection_modifyitems(config, items):
     # the second (its worker does not wait for that build), and the many short tests end both halves.
     # Each of the two opening groups starts with its long tests: a long test started last would keep one
     # worker busy while the other has nothing left to take
-    first = lambda group: sorted(group, key=lambda item: item.get_closest_marker("long") is None)  # noqa: E731
+    def first(group):
+        return sorted(group, key=lambda item: item.get_closest_marker("long") is None)
+
     smoke = first(item for item in items if SMOKE_FIXTURES & set(getattr(item, "fixturenames", ())))
     e2e = first(item for item in items if item.get_closest_marker("e2e") is not None and item not in smoke)
     short = [item for item in items if item.get_closest_marker("e2e") is None]
